@@ -1,0 +1,103 @@
+"""The one composition root: everything is built here from a validated Config."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from mirror.cache.disk import DiskTier
+from mirror.config import Config
+from mirror.db import Database
+from mirror.index import TagIndex
+from mirror.keys import CONFIG, METRICS, ROUTER, SERVICE, STATUS
+from mirror.metrics import Metrics
+from mirror.middlewares import errors_middleware
+from mirror.router import Route, alias_table, resolve_route
+from mirror.routes import add_routes
+from mirror.service import PullService
+from mirror.upstream.client import UpstreamClient
+
+log = logging.getLogger("mirror.app")
+EVICTION_INTERVAL = 5.0
+USER_AGENT = "mirror/0.1 (pull-through cache)"
+
+
+def create_app(config: Config, metrics: Metrics | None = None) -> web.Application:
+    app = web.Application(middlewares=[errors_middleware], client_max_size=1024)
+    app[CONFIG] = config
+    app[METRICS] = metrics or Metrics()
+    aliases = alias_table(config)
+
+    def route(name: str, ns: str | None) -> Route:
+        return resolve_route(name, ns, aliases, config.default_upstream)
+
+    app[ROUTER] = route
+    app.cleanup_ctx.append(_service_ctx)
+    add_routes(app)
+    return app
+
+
+async def _service_ctx(app: web.Application) -> AsyncIterator[None]:
+    config, metrics = app[CONFIG], app[METRICS]
+    db = Database(config.cache.dir / "index.db")
+    tier = DiskTier(config.cache.dir, db, config.cache.max_size, metrics,
+                    config.cache.high_watermark, config.cache.low_watermark)
+    loop = asyncio.get_running_loop()
+    await loop.run_in_executor(None, tier.open_sync)
+    await db.start()
+    sessions: list[aiohttp.ClientSession] = []
+    clients: dict[str, UpstreamClient] = {}
+    if not config.offline:
+        for up in config.upstreams.values():
+            session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=None, connect=up.connect_timeout,
+                                              sock_read=up.read_timeout),
+                connector=aiohttp.TCPConnector(limit=64, ttl_dns_cache=300),
+                headers={"User-Agent": USER_AGENT},
+                auto_decompress=False,  # bytes are content-addressed: never let aiohttp alter them
+            )
+            sessions.append(session)
+            clients[up.name] = UpstreamClient(up, session, metrics)
+    service = PullService(config, tier, TagIndex(db), clients, metrics)
+    app[SERVICE] = service
+    started = time.time()
+
+    def status() -> dict[str, Any]:
+        return {
+            "started": started,
+            "offline": config.offline,
+            "hot": {"used": tier.used, "max": tier.max_size,
+                    "objects": len(list(tier._entries))},
+            "inflight": service.blobs.inflight(),
+            "upstreams": [c.status() for c in clients.values()],
+        }
+
+    app[STATUS] = status
+    evictor = asyncio.create_task(_evict_loop(tier), name="evictor")
+    log.info("cache at %s: %d objects, %d bytes of %d", config.cache.dir, len(tier._entries),
+             tier.used, tier.max_size)
+    try:
+        yield
+    finally:
+        evictor.cancel()
+        await asyncio.gather(evictor, return_exceptions=True)
+        await service.close()
+        for s in sessions:
+            await s.close()
+        await db.close()
+
+
+async def _evict_loop(tier: DiskTier) -> None:
+    while True:
+        await asyncio.sleep(EVICTION_INTERVAL)
+        if tier.over_budget():
+            try:
+                await tier.evict()
+            except Exception:
+                log.exception("eviction failed")

@@ -1,0 +1,237 @@
+"""Blobs: serve from the hot tier, or join/start the one upstream fetch for the digest.
+
+A fetch runs as its own task (a client that disconnects does not cancel it), waits for a slot of
+its upstream (never a 429 to the client: it queues), streams into a hashed temp file, resumes
+with Range when the upstream connection breaks mid-body, and commits only a verified file."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import aiohttp
+
+from mirror.cache.disk import DiskTier
+from mirror.coalesce import BlobFetch
+from mirror.errors import (
+    BlobUnknown,
+    MirrorError,
+    UpstreamRejected,
+    UpstreamUnavailable,
+    VerificationError,
+)
+from mirror.metrics import Metrics
+from mirror.models import Digest
+from mirror.upstream.client import UpstreamClient
+
+log = logging.getLogger("mirror.blobs")
+WRITE_BATCH = 1024 * 1024  # bytes gathered before one hop to the writer thread
+RESUME_ATTEMPTS = 3
+
+Source = Literal["hot", "cold", "upstream"]
+
+
+@dataclass(slots=True)
+class BlobHandle:
+    """What a handler needs to answer a blob request. Exactly one of path/fetch is set."""
+
+    digest: Digest
+    size: int | None
+    source: Source
+    result: Literal["hit", "miss", "coalesced"]
+    path: Path | None = None
+    fetch: BlobFetch | None = None
+    fd: int | None = None  # reader descriptor on the fetch's temp file
+
+
+class BlobFetcher:
+    def __init__(self, tier: DiskTier, metrics: Metrics, offline: bool,
+                 finish_abandoned: bool = True) -> None:
+        self.tier = tier
+        self.metrics = metrics
+        self.offline = offline
+        self.finish_abandoned = finish_abandoned
+        self._fetches: dict[str, BlobFetch] = {}
+        self._slots: dict[str, asyncio.Semaphore] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def inflight(self) -> int:
+        return len(self._fetches)
+
+    def _slot(self, client: UpstreamClient) -> asyncio.Semaphore:
+        sem = self._slots.get(client.name)
+        if sem is None:
+            sem = self._slots[client.name] = asyncio.Semaphore(
+                client.config.max_concurrent_fetches)
+        return sem
+
+    def local(self, digest: Digest) -> BlobHandle | None:
+        entry = self.tier.entry(digest)
+        if entry is None:
+            return None
+        return BlobHandle(digest, entry.size, "hot", "hit", path=self.tier.path(digest))
+
+    async def open(self, client: UpstreamClient | None, repo: str, digest: Digest,
+                   expected_size: int | None = None) -> BlobHandle:
+        """A handle for serving `digest`; the caller must `release()` it."""
+        hit = self.local(digest)
+        if hit is not None:
+            self.tier.pin(digest)
+            self.tier.touch(digest)
+            return hit
+        key = str(digest)
+        fetch = self._fetches.get(key)
+        result: Literal["miss", "coalesced"] = "coalesced"
+        if fetch is None:
+            if client is None or self.offline:
+                raise BlobUnknown(f"blob {digest} is not cached and the mirror is offline")
+            fetch = self._start(client, repo, digest, expected_size)
+            result = "miss"
+        else:
+            self.metrics.coalesced.labels(client.name if client else "", "blob").inc()
+        fd = fetch.open_reader()
+        self.tier.pin(digest)
+        try:
+            await fetch.wait_started()
+        except BaseException:
+            fetch.close_reader(fd)
+            self.tier.unpin(digest)
+            raise
+        return BlobHandle(digest, fetch.size, "upstream", result, fetch=fetch, fd=fd)
+
+    def release(self, handle: BlobHandle) -> None:
+        self.tier.unpin(handle.digest)
+        fetch = handle.fetch
+        if (fetch is not None and not self.finish_abandoned and fetch.readers == 0
+                and not fetch.done and fetch.task is not None):
+            fetch.task.cancel()
+
+    def prefetch(self, client: UpstreamClient, repo: str, digest: Digest, size: int | None) -> bool:
+        """Start fetching a blob nobody asked for yet. False if cached or already in flight."""
+        if self.offline or self.tier.entry(digest) is not None or str(digest) in self._fetches:
+            return False
+        self._start(client, repo, digest, size)
+        self.metrics.prefetches.labels(client.name, "blob").inc()
+        return True
+
+    async def wait(self, digest: Digest) -> None:
+        """Wait for an in-flight fetch of `digest` to end (tests, seeding)."""
+        fetch = self._fetches.get(str(digest))
+        if fetch is not None and fetch.task is not None:
+            await asyncio.wait([fetch.task])
+
+    def _start(self, client: UpstreamClient, repo: str, digest: Digest,
+               expected_size: int | None) -> BlobFetch:
+        key = str(digest)
+        # Registered before any await: a concurrent request finds this fetch and joins it.
+        fetch = BlobFetch(key, self.tier.new_temp(digest, expected_size))
+        self._fetches[key] = fetch
+        fetch.task = asyncio.create_task(self._run(client, repo, digest, fetch),
+                                         name=f"fetch {key[:19]}")
+        self._tasks.add(fetch.task)
+        fetch.task.add_done_callback(self._tasks.discard)
+        return fetch
+
+    async def _run(self, client: UpstreamClient, repo: str, digest: Digest,
+                   fetch: BlobFetch) -> None:
+        up = client.name
+        self.tier.pin(digest)
+        gauge = self.metrics.inflight.labels(up, "blob")
+        try:
+            sem = self._slot(client)
+            if sem.locked():
+                self.metrics.queued.labels(up).inc()
+                try:
+                    await sem.acquire()
+                finally:
+                    self.metrics.queued.labels(up).dec()
+            else:
+                await sem.acquire()
+            gauge.inc()
+            try:
+                await self._download(client, repo, digest, fetch)
+            finally:
+                gauge.dec()
+                sem.release()
+            await self.tier.commit(fetch.temp)
+            fetch.finish()
+        except VerificationError as e:
+            self.metrics.verify_failures.labels(up, "blob").inc()
+            log.warning("upstream %s sent bad content for %s: %s", up, digest, e)
+            fetch.temp.abort_sync()
+            fetch.fail(e)
+        except BaseException as e:
+            fetch.temp.abort_sync()
+            fetch.fail(e if isinstance(e, Exception) else UpstreamUnavailable("fetch cancelled"))
+            if not isinstance(e, MirrorError | asyncio.CancelledError):
+                log.exception("fetch of %s from %s failed", digest, up)
+            if isinstance(e, asyncio.CancelledError):
+                raise
+        finally:
+            self._fetches.pop(str(digest), None)
+            self.tier.unpin(digest)
+
+    async def _download(self, client: UpstreamClient, repo: str, digest: Digest,
+                        fetch: BlobFetch) -> None:
+        loop = asyncio.get_running_loop()
+        temp = fetch.temp
+        attempts = 0
+        while True:
+            headers = {"Range": f"bytes={temp.written}-"} if temp.written else None
+            resp = await client.open_blob(repo, str(digest), headers)
+            try:
+                if resp.status == 404:
+                    raise BlobUnknown(f"blob {digest} not found upstream", detail={"digest": str(digest)})
+                skip = 0
+                if temp.written and resp.status == 200:
+                    skip = temp.written  # upstream ignored Range: drop what we already have
+                elif resp.status not in (200, 206) or (resp.status == 206 and not temp.written):
+                    raise UpstreamRejected(f"upstream {client.name} answered {resp.status} "
+                                           f"for blob {digest}", resp.status)
+                if not fetch.started.is_set():
+                    size = resp.content_length
+                    if temp.expected_size is not None and size is not None and size != temp.expected_size:
+                        raise VerificationError(f"upstream size {size} for {digest} differs from "
+                                                f"the manifest's {temp.expected_size}")
+                    fetch.set_size(size if size is not None else temp.expected_size)
+                buf = bytearray()
+                try:
+                    async for chunk in resp.content.iter_chunked(WRITE_BATCH):
+                        if skip:
+                            cut = min(skip, len(chunk))
+                            chunk, skip = chunk[cut:], skip - cut
+                        buf += chunk
+                        if len(buf) >= WRITE_BATCH:
+                            data, buf = bytes(buf), bytearray()
+                            await self._write(loop, fetch, data, client.name)
+                        if fetch.size is not None and temp.written + len(buf) > fetch.size:
+                            raise VerificationError(f"upstream sent more than {fetch.size} bytes "
+                                                    f"for {digest}")
+                    if buf:
+                        await self._write(loop, fetch, bytes(buf), client.name)
+                        buf = bytearray()
+                    if fetch.size is not None and temp.written < fetch.size:
+                        raise aiohttp.ClientPayloadError("upstream body ended early")
+                    return
+                except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError,
+                        TimeoutError) as e:
+                    if buf:
+                        await self._write(loop, fetch, bytes(buf), client.name)
+                    attempts += 1
+                    if attempts > RESUME_ATTEMPTS:
+                        raise UpstreamUnavailable(
+                            f"upstream {client.name} broke off blob {digest} after "
+                            f"{temp.written} bytes: {type(e).__name__}") from None
+                    log.info("resuming %s from %s at byte %d after %s", digest, client.name,
+                             temp.written, type(e).__name__)
+            finally:
+                resp.release()
+
+    async def _write(self, loop: asyncio.AbstractEventLoop, fetch: BlobFetch, data: bytes,
+                     upstream: str) -> None:
+        await loop.run_in_executor(None, fetch.temp.write_sync, data)
+        self.metrics.upstream_bytes.labels(upstream).inc(len(data))
+        fetch.progress(len(data))

@@ -1,0 +1,1 @@
+"""Content-addressed storage tiers: hot (local disk), cold (object store), tiered (both)."""

@@ -1,0 +1,111 @@
+"""Command line: `mirror serve`, `mirror check-config` and the maintenance commands."""
+
+from __future__ import annotations
+
+import argparse
+import socket
+import sys
+from collections.abc import Sequence
+
+from mirror import __version__
+from mirror.config import Config, load_config
+from mirror.errors import ConfigError
+
+EXIT_CONFIG = 2
+
+
+def _load(path: str | None) -> Config:
+    try:
+        return load_config(path)
+    except ConfigError as e:
+        for line in e.problems:
+            print(f"mirror: config error: {line}", file=sys.stderr)
+        raise SystemExit(EXIT_CONFIG) from None
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from aiohttp import web
+
+    from mirror.app import create_app
+    from mirror.log import setup_logging
+
+    config = _load(args.config)
+    if args.listen:
+        from mirror.config import parse_config  # re-validate the override like any config key
+
+        try:
+            host, _, port = args.listen.rpartition(":")
+            parse_config({"listen": args.listen, "offline": True})
+            config = Config(**{**config.__dict__, "listen_host": host or "0.0.0.0",
+                               "listen_port": int(port)})
+        except (ConfigError, ValueError):
+            print(f"mirror: config error: listen: invalid --listen {args.listen!r}", file=sys.stderr)
+            return EXIT_CONFIG
+    setup_logging(config.log.level, config.log.format)
+    app = create_app(config)
+    host = "127.0.0.1" if config.listen_host in ("0.0.0.0", "::") else config.listen_host
+    where = f"{host}:{config.listen_port}"
+
+    def banner(_: str) -> None:
+        print(f"mirror {__version__} serving on http://{config.listen} (config {config.source})\n"
+              f"  upstreams: {', '.join(config.upstreams) or 'none'}"
+              f"{' (offline)' if config.offline else ''}; cache: {config.cache.dir}\n"
+              f"  status page: http://{where}/   metrics: http://{where}/metrics\n"
+              f"  dockerd:    daemon.json {{\"registry-mirrors\": [\"http://{where}\"]}}\n"
+              f"  containerd: certs.d/<registry>/hosts.toml [host.\"http://{where}\"]\n"
+              f"  podman:     registries.conf [[registry.mirror]] location = \"{where}\"",
+              flush=True)
+
+    sock = socket.socket(socket.AF_INET6 if ":" in config.listen_host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((config.listen_host, config.listen_port))
+    except OSError as e:
+        print(f"mirror: cannot listen on {config.listen}: {e.strerror}", file=sys.stderr)
+        return 1
+    web.run_app(app, sock=sock, print=banner, access_log=None, handle_signals=True,
+                shutdown_timeout=5)
+    return 0
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    print(f"{config.source}: ok ({len(config.upstreams)} upstreams, cache {config.cache.dir}, "
+          f"listen {config.listen})")
+    for up in config.upstreams.values():
+        cred = f", user {up.username}, password ****" if up.username else ""
+        print(f"  {up.name}: {up.url}{cred}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="mirror",
+        description="A pull-through caching mirror for container registries: Docker Hub, ghcr.io, "
+                    "quay.io, registry.k8s.io and private registries behind one address.",
+        epilog="The config file is taken from -c, else $MIRROR_CONFIG, else the built-in default.")
+    p.add_argument("--version", action="version", version=f"mirror {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def config_arg(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("-c", "--config", metavar="FILE",
+                        help="config file (default: $MIRROR_CONFIG, else the built-in default)")
+
+    s = sub.add_parser("serve", help="serve the registry pull API",
+                       description="Serve the OCI distribution pull API, the status page (/), "
+                                   "/metrics, /healthz and /readyz on the listen address.")
+    config_arg(s)
+    s.add_argument("--listen", metavar="HOST:PORT", help="override the config's listen address")
+    s.set_defaults(func=cmd_serve)
+
+    c = sub.add_parser("check-config", help="validate a config file",
+                       description="Validate a config file. Exit 0 if it is usable, else 2 with "
+                                   "one line per problem, each naming its key. Secrets are masked.")
+    config_arg(c)
+    c.set_defaults(func=cmd_check_config)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))

@@ -1,0 +1,66 @@
+"""Which upstream serves a request, and under which repository name. Pure functions.
+
+Three ways a client names the registry, in order of precedence:
+  1. `?ns=<registry>` (containerd adds it to every request to a mirror host);
+  2. a path prefix `/v2/<registry>/<repo>/...` (containerd override_path, people with curl);
+  3. nothing: `default_upstream` (dockerd `registry-mirrors` only mirrors Docker Hub).
+The mirror is never an open proxy: an unconfigured registry is a 404 NAME_UNKNOWN."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Literal
+
+from mirror.config import DOCKER_HUB, Config
+from mirror.errors import NameInvalid, NameUnknown
+from mirror.models import parse_repo_name
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    upstream: str  # canonical upstream name, a key of Config.upstreams
+    repo: str  # repository name as the upstream knows it
+    via: Literal["ns", "prefix", "default"]
+
+
+def alias_table(config: Config) -> dict[str, str]:
+    table: dict[str, str] = {}
+    for up in config.upstreams.values():
+        table[up.name.lower()] = up.name
+        for alias in up.aliases:
+            table[alias.lower()] = up.name
+    return table
+
+
+def _looks_like_registry(component: str) -> bool:
+    # Docker's own rule (reference.splitDockerDomain): a first component with a dot or a port,
+    # or "localhost", is a registry host, never a Docker Hub user name.
+    return "." in component or ":" in component or component == "localhost"
+
+
+def resolve_route(name: str, ns: str | None, aliases: Mapping[str, str],
+                  default_upstream: str | None) -> Route:
+    via: Literal["ns", "prefix", "default"]
+    if ns is not None:
+        upstream = aliases.get(ns.lower())
+        if upstream is None:
+            raise NameUnknown(f"registry {ns[:100]!r} is not configured on this mirror")
+        repo, via = name, "ns"
+    else:
+        first, sep, rest = name.partition("/")
+        if sep and _looks_like_registry(first):
+            upstream = aliases.get(first.lower())
+            if upstream is None:
+                raise NameUnknown(f"registry {first[:100]!r} is not configured on this mirror")
+            if not rest:
+                raise NameInvalid("repository name missing after the registry")
+            repo, via = rest, "prefix"
+        else:
+            if default_upstream is None:
+                raise NameUnknown("no default upstream: name the registry with ?ns= or a path prefix")
+            upstream, repo, via = default_upstream, name, "default"
+    if upstream == DOCKER_HUB and "/" not in repo:
+        # Docker Hub keeps official images under library/: `nginx` means `library/nginx`.
+        repo = f"library/{repo}"
+    return Route(upstream, parse_repo_name(repo), via)

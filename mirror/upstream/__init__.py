@@ -1,0 +1,1 @@
+"""Talking to upstream registries: auth (pure parsing + token cache) and the HTTP client."""

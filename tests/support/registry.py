@@ -1,0 +1,180 @@
+"""Run CNCF distribution (`docker-registry`, Debian package) as a throw-away upstream registry."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.request
+import weakref
+from pathlib import Path
+from types import TracebackType
+
+from ._loop import free_port
+
+DEFAULT_BINARY = "/usr/bin/docker-registry"
+
+
+def find_binary() -> str | None:
+    """Path of the distribution binary, or None when the package is not installed."""
+    if Path(DEFAULT_BINARY).is_file():
+        return DEFAULT_BINARY
+    return shutil.which("docker-registry") or shutil.which("registry")
+
+
+def _config_yaml(port: int, storage: Path, log_level: str, proxy_remote_url: str | None) -> str:
+    q = json.dumps  # JSON strings are valid YAML scalars, so paths/URLs need no hand-escaping
+    lines = [
+        "version: 0.1",
+        "log:",
+        f"  level: {log_level}",
+        "  formatter: text",
+        "  accesslog:",
+        "    disabled: false",
+        "storage:",
+        "  filesystem:",
+        f"    rootdirectory: {q(str(storage))}",
+        "  delete:",
+        "    enabled: true",
+        "  cache:",
+        "    blobdescriptor: inmemory",
+        "  maintenance:",
+        "    uploadpurging:",
+        "      enabled: false",
+        "http:",
+        f"  addr: {q(f'127.0.0.1:{port}')}",
+        "health:",
+        "  storagedriver:",
+        "    enabled: false",
+    ]
+    if proxy_remote_url:
+        lines += ["proxy:", f"  remoteurl: {q(proxy_remote_url)}"]
+    return "\n".join(lines) + "\n"
+
+
+def _kill(proc: subprocess.Popen[bytes]) -> None:
+    """Finalizer: never leave a registry behind, even if a test run is aborted."""
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+
+
+class RegistryProcess:
+    """`docker-registry serve` on a free 127.0.0.1 port with filesystem storage in a temp dir.
+
+    Usage: `with RegistryProcess() as reg: ... reg.url ...` or `reg = RegistryProcess().start()`.
+    `proxy_remote_url` runs distribution as a pull-through cache of that URL (push is then
+    refused by distribution itself).
+    """
+
+    def __init__(
+        self,
+        *,
+        proxy_remote_url: str | None = None,
+        root: Path | None = None,
+        log_level: str = "info",
+        binary: str | None = None,
+        start_timeout: float = 30.0,
+    ) -> None:
+        self.proxy_remote_url = proxy_remote_url
+        self.log_level = log_level
+        self.binary = binary or find_binary()
+        self.start_timeout = start_timeout
+        self._own_root = root is None
+        self.root = Path(root or tempfile.mkdtemp(prefix="mirror-test-registry-"))
+        self.storage_dir = self.root / "storage"
+        self.config_path = self.root / "config.yml"
+        self.log_path = self.root / "registry.log"
+        self.port = 0
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._final_log: str | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc else None
+
+    def start(self) -> RegistryProcess:
+        if self.binary is None:
+            raise FileNotFoundError(
+                "CNCF distribution is not installed (no /usr/bin/docker-registry): "
+                "apt-get install docker-registry"
+            )
+        self.storage_dir.mkdir(parents=True, exist_ok=True)
+        # distribution cannot report a port it picked itself, so pick one and retry if another
+        # process grabbed it in between.
+        for _attempt in range(5):
+            self.port = free_port()
+            self.config_path.write_text(
+                _config_yaml(self.port, self.storage_dir, self.log_level, self.proxy_remote_url)
+            )
+            with open(self.log_path, "ab") as log:
+                self._proc = subprocess.Popen(
+                    [self.binary, "serve", str(self.config_path)],
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                )
+            weakref.finalize(self, _kill, self._proc)
+            if self._wait_ready():
+                return self
+            if "address already in use" not in self.log_text():
+                break
+        tail = "\n".join(self.log_text().splitlines()[-20:])
+        self.stop()
+        raise RuntimeError(f"docker-registry did not become ready on {self.url}:\n{tail}")
+
+    def _wait_ready(self) -> bool:
+        assert self._proc is not None
+        deadline = time.monotonic() + self.start_timeout
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                return False
+            try:
+                with urllib.request.urlopen(self.url + "/v2/", timeout=2) as r:
+                    if r.status == 200:
+                        return True
+            except urllib.error.HTTPError as e:
+                if e.code == 401:
+                    return True
+            except OSError:
+                pass
+            time.sleep(0.05)
+        _kill(self._proc)
+        return False
+
+    def stop(self) -> None:
+        """Terminate the process and delete the temp dir (the log text is kept in memory)."""
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.terminate()
+            try:
+                self._proc.wait(10)
+            except subprocess.TimeoutExpired:
+                _kill(self._proc)
+        self._proc = None
+        if self._own_root and self.root.exists():
+            self._final_log = self.log_text()
+            shutil.rmtree(self.root, ignore_errors=True)
+
+    def log_text(self) -> str:
+        """distribution's app log and access log (Apache combined format, with ?query)."""
+        if self.log_path.exists():
+            return self.log_path.read_text(errors="replace")
+        return self._final_log or ""
+
+    def __enter__(self) -> RegistryProcess:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
