@@ -5,6 +5,7 @@ Everything listens on 127.0.0.1 only, on ports the kernel picks.
 """
 
 from ._loop import free_port
+from .client import Reply, fetch
 from .fake_upstream import FakeRegistry
 from .images import (
     AMD64,
@@ -41,10 +42,12 @@ __all__ = [
     "RecordingProxy",
     "RegistryClient",
     "RegistryProcess",
+    "Reply",
     "big_layer",
     "build_image",
     "classify",
     "default_cache_dir",
+    "fetch",
     "free_port",
     "layer_bytes",
     "push_standard_set",

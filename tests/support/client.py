@@ -8,7 +8,7 @@ from __future__ import annotations
 import http.client
 import time
 import urllib.parse
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 
@@ -16,7 +16,8 @@ from dataclasses import dataclass
 class Reply:
     status: int | None  # None: the connection failed before a status line arrived
     headers: http.client.HTTPMessage | None  # .get(name), .get_all(name) for repeated headers
-    body: bytes  # what arrived, even if the transfer then failed
+    body: bytes  # what arrived, even if the transfer then failed (b"" when a sink was given)
+    size: int  # body bytes received
     error: Exception | None  # IncompleteRead, ConnectionResetError, RemoteDisconnected, ...
     seconds: float
 
@@ -30,14 +31,19 @@ def fetch(
     headers: Mapping[str, str] | Iterable[tuple[str, str]] = (),
     body: bytes | None = None,
     timeout: float = 30.0,
+    sink: Callable[[bytes], object] | None = None,
 ) -> Reply:
-    """One request on a fresh connection. `headers` may repeat names as (name, value) pairs."""
+    """One request on a fresh connection. `headers` may repeat names as (name, value) pairs.
+
+    With `sink`, body pieces go to sink(piece) instead of memory (e.g. hashlib's update), so
+    huge blobs can be checked in constant memory.
+    """
     u = urllib.parse.urlsplit(url)
     assert u.hostname is not None
     pairs = list(headers.items()) if isinstance(headers, Mapping) else list(headers)
     conn = http.client.HTTPConnection(u.hostname, u.port or 80, timeout=timeout)
     t0 = time.monotonic()
-    status, hdrs, chunks = None, None, []
+    status, hdrs, chunks, size = None, None, [], 0
     try:
         conn.putrequest(method, (u.path or "/") + (f"?{u.query}" if u.query else ""))
         for k, v in pairs:
@@ -48,14 +54,23 @@ def fetch(
         resp = conn.getresponse()
         status, hdrs = resp.status, resp.headers
         while piece := resp.read(1 << 16):
-            chunks.append(piece)
+            size += len(piece)
+            if sink is None:
+                chunks.append(piece)
+            else:
+                sink(piece)
         if resp.length:  # http.client returns b"" instead of failing on a short body
             raise http.client.IncompleteRead(b"", resp.length)
         error: Exception | None = None
     except (OSError, http.client.HTTPException) as e:
-        if isinstance(e, http.client.IncompleteRead):
-            chunks.append(e.partial)  # a chunked body keeps the last piece here
+        if isinstance(e, http.client.IncompleteRead) and e.partial:
+            # A chunked body keeps the piece it was reading when the connection broke.
+            size += len(e.partial)
+            if sink is None:
+                chunks.append(e.partial)
+            else:
+                sink(e.partial)
         error = e
     finally:
         conn.close()
-    return Reply(status, hdrs, b"".join(chunks), error, time.monotonic() - t0)
+    return Reply(status, hdrs, b"".join(chunks), size, error, time.monotonic() - t0)
