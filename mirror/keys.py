@@ -15,5 +15,7 @@ from mirror.service import PullService
 CONFIG = web.AppKey("config", Config)
 METRICS = web.AppKey("metrics", Metrics)
 SERVICE = web.AppKey("service", PullService)
-ROUTER = web.AppKey("router", Callable[[str, str | None], Route])
-STATUS = web.AppKey("status", Callable[[], dict[str, Any]])
+RouterFn = Callable[[str, str | None], Route]
+StatusFn = Callable[[], dict[str, Any]]
+ROUTER: web.AppKey[RouterFn] = web.AppKey("router")
+STATUS: web.AppKey[StatusFn] = web.AppKey("status")

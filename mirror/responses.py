@@ -54,7 +54,7 @@ class SendfileResponse(web.StreamResponse):
 
 
 def open_for_sendfile(path: Path) -> IO[bytes]:
-    return open(path, "rb")  # noqa: SIM115 - closed by SendfileResponse
+    return open(path, "rb")
 
 
 async def stream_fetch(request: web.Request, resp: web.StreamResponse, fetch: BlobFetch, fd: int,

@@ -6,9 +6,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from cachetools import LRUCache, TTLCache
 
@@ -191,20 +191,20 @@ class PullService:
                                UpstreamRejected(f"HEAD answered {doc.status}", doc.status))
         head_digest = doc.headers.get("Docker-Content-Digest")
         if head_digest == known.digest:
-            m = self.cached_manifest(Digest.parse(known.digest))
-            if m is not None:
+            current = self.cached_manifest(Digest.parse(known.digest))
+            if current is not None:
                 self.tags.confirm(upstream, repo, tag, known)
-                return m, "hit"
+                return current, "hit"
         if head_digest:
             try:
                 digest = Digest.parse(head_digest)
             except MirrorError:
                 digest = None
             if digest is not None:
-                m = self.cached_manifest(digest) or await self._fetch_manifest(
+                fetched = self.cached_manifest(digest) or await self._fetch_manifest(
                     client, repo, str(digest), digest)
-                self._record_tag(upstream, repo, tag, m)
-                return m, "miss"
+                self._record_tag(upstream, repo, tag, fetched)
+                return fetched, "miss"
         return await self._fetch_tag(client, repo, tag), "miss"
 
     def _stale(self, upstream: str, repo: str, tag: str, known: TagRecord,
@@ -286,8 +286,8 @@ class PullService:
             self.metrics.prefetches.labels(upstream, "manifest").inc()
             self._prefetch(upstream, repo, answer.manifest)
 
-    def _spawn(self, coro: object) -> None:
-        task: asyncio.Task[None] = asyncio.ensure_future(coro)  # type: ignore[arg-type]
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
