@@ -90,8 +90,7 @@ def test_config_diff_ids_match_layers(catalog: Catalog) -> None:
         assert img.config is not None
         config = json.loads(_blob(catalog, img.repo, img.config.digest))
         diff_ids = [
-            "sha256:"
-            + hashlib.sha256(gzip.decompress(_blob(catalog, img.repo, lay.digest))).hexdigest()
+            "sha256:" + hashlib.sha256(gzip.decompress(_blob(catalog, img.repo, lay.digest))).hexdigest()
             for lay in img.layers
         ]
         assert config["rootfs"] == {"type": "layers", "diff_ids": diff_ids}

@@ -57,7 +57,7 @@ class LoopThread:
     async def serve(self, app: web.Application) -> int:
         """Start `app` on a fresh 127.0.0.1 port (must run on this loop); returns the port."""
         # A short shutdown timeout: stalled fault-mode handlers must not delay stop() for 60 s.
-        runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=1.0)
+        runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=0.5)
         await runner.setup()
         sock = bound_socket()
         await web.SockSite(runner, sock).start()

@@ -53,7 +53,7 @@ def fetch(
         conn.endheaders(body)
         resp = conn.getresponse()
         status, hdrs = resp.status, resp.headers
-        while piece := resp.read(1 << 16):
+        while piece := resp.read1(1 << 16):  # read1: keep what arrived before a stall
             size += len(piece)
             if sink is None:
                 chunks.append(piece)

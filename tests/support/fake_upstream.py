@@ -39,9 +39,7 @@ RATE_WINDOW = "w=21600"  # Docker Hub's 6 h window, as sent in its headers
 AuthMode = Literal["none", "bearer", "basic"]
 
 
-def _error(
-    status: int, code: str, message: str, headers: Mapping[str, str] | None = None
-) -> web.Response:
+def _error(status: int, code: str, message: str, headers: Mapping[str, str] | None = None) -> web.Response:
     body = json.dumps({"errors": [{"code": code, "message": message, "detail": None}]})
     return web.Response(
         status=status,
@@ -419,8 +417,5 @@ def _body_response(
     request: web.Request, body: bytes, headers: Mapping[str, str], status: int = 200
 ) -> web.Response:
     """GET gets the body; HEAD gets the same headers, Content-Length included, and no body."""
-    if request.method == "HEAD":
-        resp = web.Response(status=status, headers=headers)
-        resp.content_length = len(body)
-        return resp
+    # aiohttp sends no body for HEAD but keeps the Content-Length computed from `body`.
     return web.Response(status=status, body=body, headers=headers)

@@ -132,9 +132,7 @@ class ShakeReader:
         return b"".join(out)
 
 
-def _info(
-    name: str, type_: bytes = tarfile.REGTYPE, size: int = 0, mode: int = 0o644
-) -> tarfile.TarInfo:
+def _info(name: str, type_: bytes = tarfile.REGTYPE, size: int = 0, mode: int = 0o644) -> tarfile.TarInfo:
     t = tarfile.TarInfo(name)
     t.type, t.size, t.mode, t.mtime = type_, size, mode, EPOCH
     t.uid = t.gid = 0
@@ -164,15 +162,11 @@ def add_stream(tf: tarfile.TarFile, name: str, size: int, reader: IO[bytes] | Sh
 TarBuilder = Callable[[tarfile.TarFile], None]
 
 
-def _write_layer(
-    sink: IO[bytes] | None, build: TarBuilder, gzip_level: int
-) -> tuple[str, str, int]:
+def _write_layer(sink: IO[bytes] | None, build: TarBuilder, gzip_level: int) -> tuple[str, str, int]:
     """Stream tar -> gzip -> sink, hashing both sides. Returns (digest, diff_id, size)."""
     compressed = _HashingWriter(sink)
     # mtime=0 and no filename: the gzip header would otherwise embed the time and a name.
-    gz = gzip.GzipFile(
-        filename="", mode="wb", fileobj=compressed, compresslevel=gzip_level, mtime=0
-    )
+    gz = gzip.GzipFile(filename="", mode="wb", fileobj=compressed, compresslevel=gzip_level, mtime=0)
     raw = _HashingWriter(gz)
     # "w|": a pure stream, tarfile never seeks, so the hashing sink sees every byte in order.
     with tarfile.open(fileobj=cast(IO[bytes], raw), mode="w|", format=tarfile.PAX_FORMAT) as tf:
@@ -309,9 +303,7 @@ def busybox_layer(binary: Path = Path("/bin/busybox")) -> tuple[Layer, bool]:
         ).stdout.split()
     except (OSError, subprocess.SubprocessError):
         listed = []
-    applets = sorted(
-        {a for a in listed if a != "bin/busybox"} | {"bin/sh", "bin/echo", "bin/ls", "bin/cat"}
-    )
+    applets = sorted({a for a in listed if a != "bin/busybox"} | {"bin/sh", "bin/echo", "bin/ls", "bin/cat"})
     dirs = {"bin", "etc", "root", "tmp", "usr", "var"}
     for a in applets:
         d = os.path.dirname(a)
@@ -368,9 +360,7 @@ def config_bytes(
             "Labels": dict(labels or {}),
         },
         "rootfs": {"type": "layers", "diff_ids": [layer.diff_id for layer in layers]},
-        "history": [
-            {"created": CREATED, "created_by": f"test layer {i}"} for i in range(len(layers))
-        ],
+        "history": [{"created": CREATED, "created_by": f"test layer {i}"} for i in range(len(layers))],
     }
     if platform.variant:
         cfg["variant"] = platform.variant
@@ -616,9 +606,7 @@ class PushedImage:
         return tuple(seen.values())
 
     def child(self, architecture: str) -> PushedImage:
-        return next(
-            c for c in self.children if c.platform and c.platform.architecture == architecture
-        )
+        return next(c for c in self.children if c.platform and c.platform.architecture == architecture)
 
 
 class ImagePusher:
@@ -628,18 +616,14 @@ class ImagePusher:
     manifest digests (e.g. a second upstream that serves the same names with other content).
     """
 
-    def __init__(
-        self, registry_url: str, *, salt: str | None = None, chunk_size: int = 16 * MiB
-    ) -> None:
+    def __init__(self, registry_url: str, *, salt: str | None = None, chunk_size: int = 16 * MiB) -> None:
         self.client = RegistryClient(registry_url)
         self.salt = salt
         self.chunk_size = chunk_size
         self.home: dict[str, str] = {}  # blob digest -> repo it was first pushed to
         self.stats: Counter[str] = Counter()  # exists/mounted/monolithic/chunked counts
 
-    def push_blob(
-        self, repo: str, digest: str, size: int, chunks: Callable[[], Iterator[bytes]]
-    ) -> str:
+    def push_blob(self, repo: str, digest: str, size: int, chunks: Callable[[], Iterator[bytes]]) -> str:
         mount = self.home.get(digest)
         how = self.client.push_blob(
             repo,
@@ -765,9 +749,7 @@ def push_standard_set(
     keep(p.push_image("library/alpine-ish", "3.19-oci", [base], oci=True, cmd=["/bin/sh"]))
 
     m_amd = p.push_image("library/multiarch", None, [bb], oci=True)
-    m_arm_layer = synthetic_layer(
-        "multiarch-arm64", 64, "placeholder: synthetic linux/arm64 image\n"
-    )
+    m_arm_layer = synthetic_layer("multiarch-arm64", 64, "placeholder: synthetic linux/arm64 image\n")
     m_arm = p.push_image("library/multiarch", None, [m_arm_layer], ARM64, oci=True)
     keep(p.push_index("library/multiarch", "latest", [m_amd, m_arm], oci=True))
 

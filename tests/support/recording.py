@@ -8,9 +8,7 @@ import time
 from dataclasses import dataclass, field
 
 # /v2/<name>/<endpoint>/...; the name may have any number of path components.
-_V2_PATH = re.compile(
-    r"^/v2/(?P<name>.+?)/(?P<ep>blobs/uploads|blobs|manifests|tags|referrers)(/|$)"
-)
+_V2_PATH = re.compile(r"^/v2/(?P<name>.+?)/(?P<ep>blobs/uploads|blobs|manifests|tags|referrers)(/|$)")
 _KINDS = {
     "blobs/uploads": "upload",
     "blobs": "blob",

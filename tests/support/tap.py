@@ -92,9 +92,9 @@ class RecordingProxy(Recorder):
 
     Runs on its own thread and loop, so it works from sync tests, async tests and for
     subprocesses. Bodies are streamed in 64 KiB pieces both ways; status and headers pass
-    through unchanged except hop-by-hop headers and Host (set to the target's, as a
-    normal reverse proxy does). Redirects are passed to the client, never followed, and
-    bodies are never decompressed.
+    through unchanged except hop-by-hop headers. Host is forwarded as the client sent it,
+    so a registry builds upload Locations that point back at the tap. Redirects are passed
+    to the client, never followed, and bodies are never decompressed.
     """
 
     def __init__(self, target: str, *, name: str = "tap") -> None:
@@ -176,7 +176,6 @@ class RecordingProxy(Recorder):
             return web.Response(status=fault.status, body=fault.body, headers=fault.headers)
 
         headers = forwardable(request.headers)
-        headers.popall("Host", None)
         url = URL(self.target + request.raw_path, encoded=True)
         assert self._session is not None
         try:
