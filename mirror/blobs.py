@@ -58,6 +58,12 @@ class BlobFetcher:
         self._slots: dict[str, asyncio.Semaphore] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
+    async def close(self) -> None:
+        """Stop every download: their temp files are removed, nothing half-written stays."""
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
     def inflight(self) -> int:
         return len(self._fetches)
 

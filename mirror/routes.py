@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
 from urllib.parse import urlencode
 
 from aiohttp import web
@@ -12,7 +11,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from mirror.apipath import parse_api_path
 from mirror.errors import MirrorError, Unsupported
-from mirror.keys import METRICS, ROUTER, SERVICE, STATUS
+from mirror.keys import METRICS, PULL_RECORD, ROUTER, SERVICE, STATUS, PullRecord
 from mirror.models import Digest, Reference, parse_accept, parse_range
 from mirror.responses import API_VERSION_HEADER, SendfileResponse, open_for_sendfile, stream_fetch
 from mirror.router import Route
@@ -22,23 +21,11 @@ log = logging.getLogger("mirror.routes")
 PULL_METHODS = ("GET", "HEAD")
 
 
-@dataclass(slots=True)
-class PullRecord:
-    """What one pull request did; the audit log and the status page read it."""
-
-    route: Route | None = None
-    reference: str = ""
-    digest: str = ""
-    kind: str = ""
-    result: str = ""
-    bytes: int = 0
-
-
 def _record(request: web.Request) -> PullRecord:
-    rec = request.get("pull_record")
+    rec = request.get(PULL_RECORD)
     if rec is None:
         rec = PullRecord()
-        request["pull_record"] = rec
+        request[PULL_RECORD] = rec
     return rec
 
 

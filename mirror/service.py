@@ -343,6 +343,7 @@ class PullService:
         for task in list(self._background):
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
+        await self.blobs.close()
 
 
 def _content_type(doc: Document) -> str | None:
