@@ -61,6 +61,7 @@ class FakeRegistry(Recorder):
     rate_limit: send ratelimit-limit/-remaining on manifest responses; each manifest GET
       uses one unit (HEAD is free, as on Docker Hub); at 0, manifest GETs get 429.
     referrers: serve the OCI referrers API (else it answers 404, like older registries).
+    Blobs are global: any repository name serves any added blob. Read-only (no push API).
     """
 
     def __init__(

@@ -84,10 +84,8 @@ class RegistryProcess:
         self.binary = binary or find_binary()
         self.start_timeout = start_timeout
         self._own_root = root is None
-        self.root = Path(root or tempfile.mkdtemp(prefix="mirror-test-registry-"))
-        self.storage_dir = self.root / "storage"
-        self.config_path = self.root / "config.yml"
-        self.log_path = self.root / "registry.log"
+        # A temp root is only made by start(), so an instance that never ran leaves nothing.
+        self._root = Path(root) if root is not None else None
         self.port = 0
         self._proc: subprocess.Popen[bytes] | None = None
         self._final_log: str | None = None
@@ -95,6 +93,24 @@ class RegistryProcess:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def root(self) -> Path:
+        if self._root is None:
+            raise RuntimeError("RegistryProcess has no directory before start()")
+        return self._root
+
+    @property
+    def storage_dir(self) -> Path:
+        return self.root / "storage"
+
+    @property
+    def config_path(self) -> Path:
+        return self.root / "config.yml"
+
+    @property
+    def log_path(self) -> Path:
+        return self.root / "registry.log"
 
     @property
     def pid(self) -> int | None:
@@ -106,6 +122,8 @@ class RegistryProcess:
                 "CNCF distribution is not installed (no /usr/bin/docker-registry): "
                 "apt-get install docker-registry"
             )
+        if self._own_root:
+            self._root = Path(tempfile.mkdtemp(prefix="mirror-test-registry-"))
         self.storage_dir.mkdir(parents=True, exist_ok=True)
         # distribution cannot report a port it picked itself, so pick one and retry if another
         # process grabbed it in between.
@@ -158,13 +176,14 @@ class RegistryProcess:
             except subprocess.TimeoutExpired:
                 _kill(self._proc)
         self._proc = None
-        if self._own_root and self.root.exists():
+        if self._own_root and self._root is not None:
             self._final_log = self.log_text()
-            shutil.rmtree(self.root, ignore_errors=True)
+            shutil.rmtree(self._root, ignore_errors=True)
+            self._root = None
 
     def log_text(self) -> str:
         """distribution's app log and access log (Apache combined format, with ?query)."""
-        if self.log_path.exists():
+        if self._root is not None and self.log_path.exists():
             return self.log_path.read_text(errors="replace")
         return self._final_log or ""
 

@@ -229,8 +229,9 @@ class RecordingProxy(Recorder):
                 _close(request, rst=mode == "reset")
                 return False
         if fault is not None and mode == "slow":
-            for off in range(0, len(chunk), max(1, fault.rate // 20)):
-                piece = chunk[off : off + max(1, fault.rate // 20)]
+            step = max(1, fault.rate // 20)  # ~20 small writes per second, each then a pause
+            for off in range(0, len(chunk), step):
+                piece = chunk[off : off + step]
                 await self._write(resp, rec, piece)
                 await asyncio.sleep(len(piece) / fault.rate)
             return True
