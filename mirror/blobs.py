@@ -206,6 +206,9 @@ class BlobFetcher:
                 buf = bytearray()
                 try:
                     async for chunk in resp.content.iter_chunked(WRITE_BATCH):
+                        # Counted as received: bytes we skip or then reject still cost
+                        # upstream bandwidth.
+                        self.metrics.upstream_bytes.labels(client.name).inc(len(chunk))
                         if skip:
                             cut = min(skip, len(chunk))
                             chunk, skip = chunk[cut:], skip - cut
@@ -239,5 +242,4 @@ class BlobFetcher:
     async def _write(self, loop: asyncio.AbstractEventLoop, fetch: BlobFetch, data: bytes,
                      upstream: str) -> None:
         await loop.run_in_executor(None, fetch.temp.write_sync, data)
-        self.metrics.upstream_bytes.labels(upstream).inc(len(data))
         fetch.progress(len(data))

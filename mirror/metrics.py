@@ -4,10 +4,93 @@ or digest."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
 
 TYPES = ("manifest", "blob", "tag")
 RESULTS = ("hit", "miss", "stale", "coalesced", "error")
+# Results answered from the cache without waiting on an upstream. `coalesced` waited for a
+# fetch someone else started, so it is not a hit, though it cost no extra upstream bytes; the
+# bandwidth side of the story is mirror_bandwidth_saved_bytes.
+HIT_RESULTS = ("hit", "stale")
+
+
+@dataclass(frozen=True, slots=True)
+class Totals:
+    """Cumulative counters summed over labels: one sample of what the mirror did since start."""
+
+    requests: dict[str, float] = field(default_factory=dict)  # by result
+    served: dict[str, float] = field(default_factory=dict)  # bytes by source
+    fetched: float = 0.0  # bytes from all upstreams
+
+    @property
+    def served_total(self) -> float:
+        return sum(self.served.values())
+
+    @property
+    def saved(self) -> float:
+        return self.served_total - self.fetched
+
+    @property
+    def answered(self) -> float:
+        return sum(v for k, v in self.requests.items() if k != "error")
+
+    @property
+    def hits(self) -> float:
+        return sum(self.requests.get(k, 0.0) for k in HIT_RESULTS)
+
+    def hit_ratio(self) -> float | None:
+        """Share of answered requests served from the cache; None before the first one."""
+        return self.hits / self.answered if self.answered else None
+
+    def saved_ratio(self) -> float | None:
+        """Share of bytes served that did not have to come from an upstream."""
+        return self.saved / self.served_total if self.served_total else None
+
+    def __sub__(self, older: Totals) -> Totals:
+        return Totals(
+            {k: v - older.requests.get(k, 0.0) for k, v in self.requests.items()},
+            {k: v - older.served.get(k, 0.0) for k, v in self.served.items()},
+            self.fetched - older.fetched)
+
+
+def _sum_by(metric: Counter | Gauge, label: str | None) -> dict[str, float]:
+    """Sum a metric's samples, grouped by one label (None: everything under "")."""
+    out: dict[str, float] = {}
+    for family in metric.collect():
+        for s in family.samples:
+            if s.name.endswith("_created"):
+                continue
+            key = s.labels.get(label, "") if label else ""
+            out[key] = out.get(key, 0.0) + s.value
+    return out
+
+
+class BandwidthSaved(Collector):
+    """mirror_bandwidth_saved_bytes{upstream}: bytes served minus bytes fetched, computed at
+    scrape time from the two counters so it can never drift from them. A gauge: it goes down
+    when the mirror fetches what nobody asked for yet (prefetch) or a fetch is abandoned."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._m = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        family = GaugeMetricFamily(
+            "mirror_bandwidth_saved_bytes", "Bytes served to clients minus bytes fetched from "
+            "the upstream (the traffic the cache kept off the upstream link)", labels=["upstream"])
+        served = _sum_by(self._m.bytes_served, "upstream")
+        fetched = _sum_by(self._m.upstream_bytes, "upstream")
+        for up in sorted(set(served) | set(fetched)):
+            family.add_metric([up], served.get(up, 0.0) - fetched.get(up, 0.0))
+        yield family
+
+    def describe(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily("mirror_bandwidth_saved_bytes", "", labels=["upstream"])
 
 
 class Metrics:
@@ -71,6 +154,15 @@ class Metrics:
             "mirror_prefetches", "Blobs and child manifests fetched ahead of the client",
             ["upstream", "type"], registry=r)
 
+        self.audit_dropped = Counter(
+            "mirror_audit_dropped_lines", "Audit lines dropped because the audit sink fell "
+            "too far behind", registry=r)
+        r.register(BandwidthSaved(self))
+
     def served(self, upstream: str, source: str, nbytes: int) -> None:
         if nbytes:
             self.bytes_served.labels(upstream, source).inc(nbytes)
+
+    def totals(self) -> Totals:
+        return Totals(_sum_by(self.requests, "result"), _sum_by(self.bytes_served, "source"),
+                      _sum_by(self.upstream_bytes, None).get("", 0.0))

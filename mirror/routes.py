@@ -70,8 +70,10 @@ async def _passthrough(request: web.Request, answer: PassThrough, headers: dict[
         headers["Content-Type"] = answer.content_type
     if answer.link:
         headers["Link"] = answer.link
-    request.app[METRICS].requests.labels(route.upstream, kind, "miss" if answer.status == 200
-                                         else "error").inc()
+    result = answer.result if answer.status == 200 else "error"
+    rec = _record(request)
+    rec.result, rec.bytes = result, len(answer.body) if request.method == "GET" else 0
+    request.app[METRICS].requests.labels(route.upstream, kind, result).inc()
     return web.Response(status=answer.status, body=answer.body, headers=headers)
 
 
@@ -101,7 +103,9 @@ async def _manifest(request: web.Request, route: Route, ref_text: str,
         headers["Content-Length"] = str(len(m.body))
         return web.Response(status=200, headers=headers)
     rec.bytes = len(m.body)
-    metrics.served(route.upstream, "upstream" if answer.result == "miss" else "hot", len(m.body))
+    # A coalesced answer came from an upstream fetch too, just one another request started.
+    metrics.served(route.upstream, "upstream" if answer.result in ("miss", "coalesced") else "hot",
+                   len(m.body))
     return web.Response(status=200, body=m.body, headers=headers)
 
 

@@ -7,7 +7,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Coroutine, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from cachetools import LRUCache, TTLCache
@@ -63,6 +63,7 @@ class PassThrough:
     content_type: str | None
     body: bytes
     link: str | None = None
+    result: Result = "miss"  # how the mirror got it, for the requests metric
 
 
 class PullService:
@@ -241,6 +242,8 @@ class PullService:
             raise UpstreamRejected(f"upstream {client.name} answered {doc.status} for manifest "
                                    f"{repo}:{ref}", doc.status)
         body = doc.body
+        # Counted before verification: bytes that fail to verify still crossed the link.
+        self.metrics.upstream_bytes.labels(client.name).inc(len(body))
         if want is not None:
             digest = Digest.of(body, want.algorithm)
             if digest != want:
@@ -254,7 +257,6 @@ class PullService:
                 raise VerificationError(f"upstream said {claimed} for {repo}:{ref}, body hashes to "
                                         f"{digest}")
         media_type = manifest_media_type(body, _content_type(doc))
-        self.metrics.upstream_bytes.labels(client.name).inc(len(body))
         m = Manifest(digest, media_type, body)
         if self.tier.entry(digest) is None:
             await self.tier.put_bytes(digest, body, media_type, is_manifest=True)
@@ -310,14 +312,14 @@ class PullService:
         key = (upstream, repo, query)
         cached = self._lists.get(key)
         if cached is not None:
-            return cached
+            return replace(cached, result="hit")
         client = self.client(upstream)
         if client is None:
-            return self._tags_from_index(upstream, repo)
+            return replace(self._tags_from_index(upstream, repo), result="hit")
         try:
             doc = await client.get_tags(repo, query)
         except (UpstreamError, TooManyRequests):
-            return self._tags_from_index(upstream, repo)
+            return replace(self._tags_from_index(upstream, repo), result="stale")
         answer = PassThrough(doc.status, _content_type(doc), doc.body, doc.headers.get("Link"))
         if doc.status == 200:
             self._lists[key] = answer
