@@ -6,6 +6,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -45,26 +46,8 @@ def create_app(config: Config, metrics: Metrics | None = None) -> web.Applicatio
 
 async def _service_ctx(app: web.Application) -> AsyncIterator[None]:
     config, metrics = app[CONFIG], app[METRICS]
-    db = Database(config.cache.dir / "index.db")
-    tier = DiskTier(config.cache.dir, db, config.cache.max_size, metrics,
-                    config.cache.high_watermark, config.cache.low_watermark)
-    loop = asyncio.get_running_loop()
-    await loop.run_in_executor(None, tier.open_sync)
-    await db.start()
-    sessions: list[aiohttp.ClientSession] = []
-    clients: dict[str, UpstreamClient] = {}
-    if not config.offline:
-        for up in config.upstreams.values():
-            session = aiohttp.ClientSession(
-                timeout=aiohttp.ClientTimeout(total=None, connect=up.connect_timeout,
-                                              sock_read=up.read_timeout),
-                connector=aiohttp.TCPConnector(limit=64, ttl_dns_cache=300),
-                headers={"User-Agent": USER_AGENT},
-                auto_decompress=False,  # bytes are content-addressed: never let aiohttp alter them
-            )
-            sessions.append(session)
-            clients[up.name] = UpstreamClient(up, session, metrics)
-    service = PullService(config, tier, TagIndex(db), clients, metrics)
+    parts = await build_services(config, metrics)
+    tier, clients, service = parts.tier, parts.clients, parts.service
     app[SERVICE] = service
     started = time.time()
 
@@ -87,10 +70,53 @@ async def _service_ctx(app: web.Application) -> AsyncIterator[None]:
     finally:
         evictor.cancel()
         await asyncio.gather(evictor, return_exceptions=True)
-        await service.close()
-        for s in sessions:
+        await parts.close()
+
+
+@dataclass
+class Services:
+    """The cache and pull service built from a Config: shared by the server and the
+    command-line tools (seed, import), so both run on exactly the same wiring."""
+
+    db: Database
+    tier: DiskTier
+    tags: TagIndex
+    clients: dict[str, UpstreamClient]
+    service: PullService
+    sessions: list[aiohttp.ClientSession]
+
+    async def close(self) -> None:
+        await self.service.close()
+        for s in self.sessions:
             await s.close()
-        await db.close()
+        await self.db.close()
+
+
+async def build_services(config: Config, metrics: Metrics) -> Services:
+    """Open the cache (sweeping unfinished downloads) and one client per upstream; the caller
+    must `await close()`. No upstream client at all when the config is offline."""
+    db = Database(config.cache.dir / "index.db")
+    tier = DiskTier(config.cache.dir, db, config.cache.max_size, metrics,
+                    config.cache.high_watermark, config.cache.low_watermark)
+    loop = asyncio.get_running_loop()
+    await loop.run_in_executor(None, tier.open_sync)
+    await db.start()
+    sessions: list[aiohttp.ClientSession] = []
+    clients: dict[str, UpstreamClient] = {}
+    if not config.offline:
+        for up in config.upstreams.values():
+            session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=None, connect=up.connect_timeout,
+                                              sock_read=up.read_timeout),
+                connector=aiohttp.TCPConnector(limit=64, ttl_dns_cache=300),
+                headers={"User-Agent": USER_AGENT},
+                auto_decompress=False,  # bytes are content-addressed: never let aiohttp alter them
+            )
+            sessions.append(session)
+            clients[up.name] = UpstreamClient(up, session, metrics)
+    tags = TagIndex(db)
+    service = PullService(config, tier, tags, clients, metrics)
+    return Services(db, tier, tags, clients, service, sessions)
 
 
 async def _evict_loop(tier: DiskTier) -> None:
