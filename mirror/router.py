@@ -47,6 +47,13 @@ def resolve_route(name: str, ns: str | None, aliases: Mapping[str, str],
         if upstream is None:
             raise NameUnknown(f"registry {ns[:100]!r} is not configured on this mirror")
         repo, via = name, "ns"
+        first, sep, rest = name.partition("/")
+        if sep and rest and _looks_like_registry(first) and aliases.get(first.lower()) == upstream:
+            # containerd with `override_path` on a host like http://mirror/v2/docker.io sends
+            # both: /v2/docker.io/library/busybox/...?ns=docker.io. The prefix repeats the
+            # registry ns already names; forwarding it would ask Docker Hub for a repository
+            # called "docker.io/library/busybox" and the 404 would send containerd elsewhere.
+            repo = rest
     else:
         first, sep, rest = name.partition("/")
         if sep and _looks_like_registry(first):
