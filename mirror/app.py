@@ -12,16 +12,19 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from mirror.audit import AuditLog, audit_middleware
 from mirror.cache.disk import DiskTier
 from mirror.config import Config
 from mirror.db import Database
 from mirror.index import TagIndex
-from mirror.keys import CONFIG, METRICS, ROUTER, SERVICE, STATUS
+from mirror.keys import CONFIG, METRICS, PULL_STATS, ROUTER, SERVICE, STATUS
 from mirror.metrics import Metrics
 from mirror.middlewares import errors_middleware
+from mirror.pullstats import PullStats
 from mirror.router import Route, alias_table, resolve_route
 from mirror.routes import add_routes
 from mirror.service import PullService
+from mirror.statuspage import add_status_routes
 from mirror.upstream.client import UpstreamClient
 
 log = logging.getLogger("mirror.app")
@@ -30,17 +33,27 @@ USER_AGENT = "mirror/0.1 (pull-through cache)"
 
 
 def create_app(config: Config, metrics: Metrics | None = None) -> web.Application:
-    app = web.Application(middlewares=[errors_middleware], client_max_size=1024)
+    metrics = metrics or Metrics()
+    stats = PullStats(metrics.totals)
+    audit = AuditLog(config.log.audit, metrics) if config.log.audit else None
+    # The audit middleware is outermost: it sees the final status and the whole transfer.
+    app = web.Application(middlewares=[audit_middleware(stats, audit), errors_middleware],
+                          client_max_size=1024)
     app[CONFIG] = config
-    app[METRICS] = metrics or Metrics()
+    app[METRICS] = metrics
     aliases = alias_table(config)
 
     def route(name: str, ns: str | None) -> Route:
         return resolve_route(name, ns, aliases, config.default_upstream)
 
     app[ROUTER] = route
+    app[PULL_STATS] = stats
+    app.cleanup_ctx.append(stats.ctx)
+    if audit is not None:
+        app.cleanup_ctx.append(audit.ctx)
     app.cleanup_ctx.append(_service_ctx)
     add_routes(app)
+    add_status_routes(app)
     return app
 
 

@@ -10,12 +10,14 @@ from aiohttp import web
 
 from mirror.config import Config
 from mirror.metrics import Metrics
+from mirror.pullstats import PullStats
 from mirror.router import Route
 from mirror.service import PullService
 
 CONFIG = web.AppKey("config", Config)
 METRICS = web.AppKey("metrics", Metrics)
 SERVICE = web.AppKey("service", PullService)
+PULL_STATS = web.AppKey("pull_stats", PullStats)  # history for the status page
 RouterFn = Callable[[str, str | None], Route]
 StatusFn = Callable[[], dict[str, Any]]
 ROUTER: web.AppKey[RouterFn] = web.AppKey("router")

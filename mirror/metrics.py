@@ -59,7 +59,7 @@ class Totals:
             self.fetched - older.fetched)
 
 
-def _sum_by(metric: Counter | Gauge, label: str | None) -> dict[str, float]:
+def sum_by(metric: Counter | Gauge, label: str | None) -> dict[str, float]:
     """Sum a metric's samples, grouped by one label (None: everything under "")."""
     out: dict[str, float] = {}
     for family in metric.collect():
@@ -83,8 +83,8 @@ class BandwidthSaved(Collector):
         family = GaugeMetricFamily(
             "mirror_bandwidth_saved_bytes", "Bytes served to clients minus bytes fetched from "
             "the upstream (the traffic the cache kept off the upstream link)", labels=["upstream"])
-        served = _sum_by(self._m.bytes_served, "upstream")
-        fetched = _sum_by(self._m.upstream_bytes, "upstream")
+        served = sum_by(self._m.bytes_served, "upstream")
+        fetched = sum_by(self._m.upstream_bytes, "upstream")
         for up in sorted(set(served) | set(fetched)):
             family.add_metric([up], served.get(up, 0.0) - fetched.get(up, 0.0))
         yield family
@@ -164,5 +164,5 @@ class Metrics:
             self.bytes_served.labels(upstream, source).inc(nbytes)
 
     def totals(self) -> Totals:
-        return Totals(_sum_by(self.requests, "result"), _sum_by(self.bytes_served, "source"),
-                      _sum_by(self.upstream_bytes, None).get("", 0.0))
+        return Totals(sum_by(self.requests, "result"), sum_by(self.bytes_served, "source"),
+                      sum_by(self.upstream_bytes, None).get("", 0.0))

@@ -11,7 +11,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from mirror.apipath import parse_api_path
 from mirror.errors import MirrorError, Unsupported
-from mirror.keys import METRICS, PULL_RECORD, ROUTER, SERVICE, STATUS, PullRecord
+from mirror.keys import METRICS, PULL_RECORD, ROUTER, SERVICE, PullRecord
 from mirror.models import Digest, Reference, parse_accept, parse_range
 from mirror.responses import API_VERSION_HEADER, SendfileResponse, open_for_sendfile, stream_fetch
 from mirror.router import Route
@@ -194,10 +194,6 @@ async def readyz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ready"})
 
 
-async def status_json(request: web.Request) -> web.Response:
-    return web.json_response(request.app[STATUS]())
-
-
 def add_routes(app: web.Application) -> None:
     app.router.add_route("GET", "/v2/", v2_root)
     app.router.add_route("HEAD", "/v2/", v2_root)
@@ -206,4 +202,3 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/metrics", metrics_handler)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
-    app.router.add_get("/status.json", status_json)
