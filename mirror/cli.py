@@ -103,6 +103,10 @@ def build_parser() -> argparse.ArgumentParser:
                                    "one line per problem, each naming its key. Secrets are masked.")
     config_arg(c)
     c.set_defaults(func=cmd_check_config)
+
+    from mirror.statscli import add_stats_command
+
+    add_stats_command(sub, config_arg)
     return p
 
 
