@@ -4,6 +4,7 @@ or digest."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -93,6 +94,26 @@ class BandwidthSaved(Collector):
         yield GaugeMetricFamily("mirror_bandwidth_saved_bytes", "", labels=["upstream"])
 
 
+class UpstreamBackoff(Collector):
+    """mirror_upstream_backoff_seconds{upstream}: seconds left before an upstream that
+    answered 429 is asked again, computed at scrape time so it counts down to 0 by itself."""
+
+    def __init__(self, until: dict[str, float]) -> None:
+        self._until = until
+
+    def collect(self) -> Iterator[Metric]:
+        family = GaugeMetricFamily(
+            "mirror_upstream_backoff_seconds", "Seconds left before the upstream is asked again "
+            "after a 429", labels=["upstream"])
+        now = time.monotonic()
+        for up, until in sorted(self._until.items()):
+            family.add_metric([up], max(0.0, until - now))
+        yield family
+
+    def describe(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily("mirror_upstream_backoff_seconds", "", labels=["upstream"])
+
+
 class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry(auto_describe=True)
@@ -147,9 +168,7 @@ class Metrics:
         self.upstream_up = Gauge(
             "mirror_upstream_up", "1 if the last request to the upstream got an HTTP answer",
             ["upstream"], registry=r)
-        self.backoff = Gauge(
-            "mirror_upstream_backoff_seconds", "Seconds left before the upstream is asked again "
-            "after a 429", ["upstream"], registry=r)
+        self._backoff_until: dict[str, float] = {}  # upstream -> time.monotonic() deadline
         self.prefetches = Counter(
             "mirror_prefetches", "Blobs and child manifests fetched ahead of the client",
             ["upstream", "type"], registry=r)
@@ -158,6 +177,11 @@ class Metrics:
             "mirror_audit_dropped_lines", "Audit lines dropped because the audit sink fell "
             "too far behind", registry=r)
         r.register(BandwidthSaved(self))
+        r.register(UpstreamBackoff(self._backoff_until))
+
+    def backoff(self, upstream: str, until: float) -> None:
+        """The upstream is not asked again before `until` (time.monotonic())."""
+        self._backoff_until[upstream] = until
 
     def served(self, upstream: str, source: str, nbytes: int) -> None:
         if nbytes:

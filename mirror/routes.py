@@ -122,8 +122,10 @@ async def _blob(request: web.Request, route: Route, ref_text: str,
         metrics.requests.labels(route.upstream, "blob", "error").inc()
         raise
     try:
-        rec.result = handle.result
-        metrics.requests.labels(route.upstream, "blob", handle.result).inc()
+        # Filled from the cold tier: a cache hit, no upstream byte was needed.
+        result = "hit" if handle.source == "cold" and handle.result == "miss" else handle.result
+        rec.result = result
+        metrics.requests.labels(route.upstream, "blob", result).inc()
         if handle.size is None and handle.fetch is not None:
             # Upstream sent no length: only a finished download tells us the size.
             while not handle.fetch.done:

@@ -206,7 +206,7 @@ class UpstreamClient:
         if resp.status == 429:
             wait = retry_after(resp.headers.get("Retry-After"), time.time())
             self.backoff_until = time.monotonic() + wait
-            self._metrics.backoff.labels(self.name).set(wait)
+            self._metrics.backoff(self.name, self.backoff_until)
             resp.release()
             raise TooManyRequests(f"upstream {self.name} answered 429; backing off {wait:.0f}s")
         return resp
