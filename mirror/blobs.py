@@ -171,6 +171,8 @@ class BlobFetcher:
             fetch.fail(e)
         except BaseException as e:
             fetch.temp.abort_sync()
+            if isinstance(e, OSError) and not isinstance(e, aiohttp.ClientError):
+                self.metrics.cache_write_errors.labels(self.tier.name).inc()  # disk full, I/O
             fetch.fail(e if isinstance(e, Exception) else UpstreamUnavailable("fetch cancelled"))
             if not isinstance(e, MirrorError | asyncio.CancelledError):
                 log.exception("fetch of %s from %s failed", digest, up)

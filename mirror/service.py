@@ -259,7 +259,11 @@ class PullService:
         media_type = manifest_media_type(body, _content_type(doc))
         m = Manifest(digest, media_type, body)
         if self.tier.entry(digest) is None:
-            await self.tier.put_bytes(digest, body, media_type, is_manifest=True)
+            try:
+                await self.tier.put_bytes(digest, body, media_type, is_manifest=True)
+            except OSError:
+                self.metrics.cache_write_errors.labels(self.tier.name).inc()  # disk full, I/O
+                raise
         self._manifests[str(digest)] = m
         return m
 
