@@ -14,6 +14,7 @@ from aiohttp import web
 
 from mirror.audit import AuditLog, audit_middleware
 from mirror.cache.disk import DiskTier
+from mirror.cache.tiered import TieredStore, build_tiered
 from mirror.config import Config
 from mirror.db import Database
 from mirror.index import TagIndex
@@ -76,6 +77,8 @@ async def _service_ctx(app: web.Application) -> AsyncIterator[None]:
 
     app[STATUS] = status
     evictor = asyncio.create_task(_evict_loop(tier), name="evictor")
+    if parts.tiers is not None:
+        parts.tiers.start_periodic()  # cold tier usage and max_age expiry
     log.info("cache at %s: %d objects, %d bytes of %d", config.cache.dir, len(tier._entries),
              tier.used, tier.max_size)
     try:
@@ -97,9 +100,12 @@ class Services:
     clients: dict[str, UpstreamClient]
     service: PullService
     sessions: list[aiohttp.ClientSession]
+    tiers: TieredStore | None = None  # cold tier (cache.object_store), with write-behind
 
     async def close(self) -> None:
         await self.service.close()
+        if self.tiers is not None:
+            await self.tiers.close()  # pending uploads stay in the database for next time
         for s in self.sessions:
             await s.close()
         await self.db.close()
@@ -128,8 +134,11 @@ async def build_services(config: Config, metrics: Metrics) -> Services:
             sessions.append(session)
             clients[up.name] = UpstreamClient(up, session, metrics)
     tags = TagIndex(db)
-    service = PullService(config, tier, tags, clients, metrics)
-    return Services(db, tier, tags, clients, service, sessions)
+    tiers = build_tiered(config, tier, db, metrics) if config.cache.object_store else None
+    service = PullService(config, tier, tags, clients, metrics, tiers)
+    if tiers is not None:
+        await tiers.start()  # resumes pending uploads
+    return Services(db, tier, tags, clients, service, sessions, tiers)
 
 
 async def _evict_loop(tier: DiskTier) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -15,6 +16,7 @@ from typing import Literal
 import aiohttp
 
 from mirror.cache.disk import DiskTier
+from mirror.cache.tiered import TieredStore
 from mirror.coalesce import BlobFetch
 from mirror.errors import (
     BlobUnknown,
@@ -57,6 +59,9 @@ class BlobFetcher:
         self._fetches: dict[str, BlobFetch] = {}
         self._slots: dict[str, asyncio.Semaphore] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        # Cold tier (cache.object_store): consulted before upstream; set by the service.
+        self.tiers: TieredStore | None = None
+        self._sources: weakref.WeakKeyDictionary[BlobFetch, Source] = weakref.WeakKeyDictionary()
 
     async def close(self) -> None:
         """Stop every download: their temp files are removed, nothing half-written stays."""
@@ -92,9 +97,9 @@ class BlobFetcher:
         fetch = self._fetches.get(key)
         result: Literal["miss", "coalesced"] = "coalesced"
         if fetch is None:
-            if client is None or self.offline:
+            if (client is None or self.offline) and self.tiers is None:
                 raise BlobUnknown(f"blob {digest} is not cached and the mirror is offline")
-            fetch = self._start(client, repo, digest, expected_size)
+            fetch = self._start(None if self.offline else client, repo, digest, expected_size)
             result = "miss"
         else:
             self.metrics.coalesced.labels(client.name if client else "", "blob").inc()
@@ -106,7 +111,8 @@ class BlobFetcher:
             fetch.close_reader(fd)
             self.tier.unpin(digest)
             raise
-        return BlobHandle(digest, fetch.size, "upstream", result, fetch=fetch, fd=fd)
+        return BlobHandle(digest, fetch.size, self._sources.get(fetch, "upstream"), result,
+                          fetch=fetch, fd=fd)
 
     def release(self, handle: BlobHandle) -> None:
         self.tier.unpin(handle.digest)
@@ -129,7 +135,7 @@ class BlobFetcher:
         if fetch is not None and fetch.task is not None:
             await asyncio.wait([fetch.task])
 
-    def _start(self, client: UpstreamClient, repo: str, digest: Digest,
+    def _start(self, client: UpstreamClient | None, repo: str, digest: Digest,
                expected_size: int | None) -> BlobFetch:
         key = str(digest)
         # Registered before any await: a concurrent request finds this fetch and joins it.
@@ -141,12 +147,19 @@ class BlobFetcher:
         fetch.task.add_done_callback(self._tasks.discard)
         return fetch
 
-    async def _run(self, client: UpstreamClient, repo: str, digest: Digest,
+    async def _run(self, client: UpstreamClient | None, repo: str, digest: Digest,
                    fetch: BlobFetch) -> None:
-        up = client.name
+        up = client.name if client is not None else "cold"
         self.tier.pin(digest)
-        gauge = self.metrics.inflight.labels(up, "blob")
         try:
+            if await self._from_cold(digest, fetch, client is not None):
+                up = "cold"
+                await self.tier.commit(fetch.temp)
+                fetch.finish()
+                return
+            if client is None:
+                raise BlobUnknown(f"blob {digest} is in no cache tier and the mirror is offline")
+            gauge = self.metrics.inflight.labels(up, "blob")
             sem = self._slot(client)
             if sem.locked():
                 self.metrics.queued.labels(up).inc()
@@ -163,10 +176,15 @@ class BlobFetcher:
                 gauge.dec()
                 sem.release()
             await self.tier.commit(fetch.temp)
+            if self.tiers is not None:
+                self.tiers.queue_blob(digest)
             fetch.finish()
         except VerificationError as e:
-            self.metrics.verify_failures.labels(up, "blob").inc()
-            log.warning("upstream %s sent bad content for %s: %s", up, digest, e)
+            if up == "cold" and self.tiers is not None:
+                self.tiers.discard_cold(digest)
+            else:
+                self.metrics.verify_failures.labels(up, "blob").inc()
+            log.warning("%s sent bad content for %s: %s", up, digest, e)
             fetch.temp.abort_sync()
             fetch.fail(e)
         except BaseException as e:
@@ -181,6 +199,28 @@ class BlobFetcher:
         finally:
             self._fetches.pop(str(digest), None)
             self.tier.unpin(digest)
+
+    async def _from_cold(self, digest: Digest, fetch: BlobFetch, can_resume: bool) -> bool:
+        """Fill the fetch from the cold tier. True when every byte came from there; False
+        when the cold tier does not have it, or broke off and the upstream can resume from
+        fetch.temp.written (a Range request, like any interrupted upstream download)."""
+        if self.tiers is None:
+            return False
+
+        def started(size: int) -> None:
+            self._sources[fetch] = "cold"
+            fetch.set_size(size)
+
+        try:
+            return await self.tiers.fill(digest, fetch.temp, started, fetch.progress)
+        except (VerificationError, asyncio.CancelledError):
+            raise
+        except Exception as e:  # object-store or read errors: the upstream can take over
+            if not can_resume:
+                raise UpstreamUnavailable(f"cold tier read of {digest} failed") from e
+            log.warning("cold tier read of %s broke off after %d bytes (%s); resuming from "
+                        "upstream", digest, fetch.temp.written, type(e).__name__)
+            return False
 
     async def _download(self, client: UpstreamClient, repo: str, digest: Digest,
                         fetch: BlobFetch) -> None:

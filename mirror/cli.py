@@ -107,6 +107,10 @@ def build_parser() -> argparse.ArgumentParser:
     from mirror.statscli import add_stats_command
 
     add_stats_command(sub, config_arg)
+
+    from mirror.gc_cli import add_gc_command
+
+    add_gc_command(sub, config_arg, _load)
     return p
 
 

@@ -172,6 +172,13 @@ class Metrics:
         self.prefetches = Counter(
             "mirror_prefetches", "Blobs and child manifests fetched ahead of the client",
             ["upstream", "type"], registry=r)
+        self.cold_uploads = Counter(
+            "mirror_cold_uploads", "Write-behind copies to the cold tier by kind and result "
+            "(ok, present: already there, gone: nothing left to copy, error: retried)",
+            ["kind", "result"], registry=r)
+        self.cold_pending = Gauge(
+            "mirror_cold_pending_uploads", "Blobs, manifests and tag records waiting to be "
+            "copied to the cold tier", registry=r)
 
         self.audit_dropped = Counter(
             "mirror_audit_dropped_lines", "Audit lines dropped because the audit sink fell "

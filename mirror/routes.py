@@ -174,7 +174,7 @@ async def _blob(request: web.Request, route: Route, ref_text: str,
                 rec.result = "error"
                 return resp
         rec.bytes = sent
-        metrics.served(route.upstream, handle.source if handle.result == "hit" else "upstream",
+        metrics.served(route.upstream, handle.source,  # hot, cold (promoted) or upstream
                        sent)
         return resp
     finally:

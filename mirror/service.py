@@ -14,6 +14,7 @@ from cachetools import LRUCache, TTLCache
 
 from mirror.blobs import BlobFetcher, BlobHandle
 from mirror.cache.disk import DiskTier
+from mirror.cache.tiered import TieredStore
 from mirror.coalesce import SingleFlight
 from mirror.config import Config
 from mirror.errors import (
@@ -37,6 +38,7 @@ from mirror.models import (
     parse_manifest,
     select_platform,
 )
+from mirror.shared_tags import SharedTags
 from mirror.upstream.client import Document, UpstreamClient
 
 log = logging.getLogger("mirror.service")
@@ -68,13 +70,17 @@ class PassThrough:
 
 class PullService:
     def __init__(self, config: Config, tier: DiskTier, tags: TagIndex,
-                 clients: Mapping[str, UpstreamClient], metrics: Metrics) -> None:
+                 clients: Mapping[str, UpstreamClient], metrics: Metrics,
+                 tiers: TieredStore | None = None) -> None:
         self.config = config
         self.tier = tier
         self.tags = tags
         self.clients = clients
         self.metrics = metrics
         self.blobs = BlobFetcher(tier, metrics, config.offline, config.finish_abandoned_fetches)
+        # Cold tier (cache.object_store): blobs, manifests and tag records shared by all nodes.
+        self.tiers = self.blobs.tiers = tiers
+        self.shared = SharedTags(tiers, tags) if tiers is not None else None
         self._manifests: LRUCache[str, Manifest] = LRUCache(
             maxsize=config.cache.manifest_memory, getsizeof=lambda m: len(m.body) + 200)
         self._by_digest: SingleFlight[str, Manifest] = SingleFlight()
@@ -135,6 +141,10 @@ class PullService:
         m = self.cached_manifest(digest)
         if m is not None:
             return ManifestAnswer(m, "hit")
+        if self.tiers is not None and await self.tiers.manifest(digest) is not None:
+            m = self.cached_manifest(digest)
+            if m is not None:
+                return ManifestAnswer(m, "hit")
         client = self.client(upstream)
         if client is None:
             raise ManifestUnknown(f"manifest {digest} is not cached and the mirror is offline")
@@ -146,6 +156,8 @@ class PullService:
 
     async def _manifest_by_tag(self, upstream: str, repo: str, tag: str) -> ManifestAnswer:
         rec = self.tags.get(upstream, repo, tag)
+        if self.shared is not None:
+            rec = await self.shared.recall(upstream, repo, tag, rec)
         now = time.time()
         if rec is not None:
             state = freshness(rec, now, self.config.cache.tag_ttl, self.config.cache.max_stale)
@@ -230,6 +242,8 @@ class PullService:
     def _record_tag(self, upstream: str, repo: str, tag: str, m: Manifest) -> None:
         self.tags.put(upstream, repo, tag,
                       TagRecord(str(m.digest), m.media_type, len(m.body), time.time()))
+        if self.shared is not None:
+            self.shared.publish(upstream, repo, tag)
 
     async def _fetch_manifest(self, client: UpstreamClient, repo: str, ref: str,
                               want: Digest | None) -> Manifest:
@@ -264,6 +278,8 @@ class PullService:
             except OSError:
                 self.metrics.cache_write_errors.labels(self.tier.name).inc()  # disk full, I/O
                 raise
+            if self.tiers is not None:
+                self.tiers.queue_manifest(digest)
         self._manifests[str(digest)] = m
         return m
 

