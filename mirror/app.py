@@ -27,6 +27,7 @@ from mirror.routes import add_routes
 from mirror.service import PullService
 from mirror.statuspage import add_status_routes
 from mirror.upstream.client import UpstreamClient
+from mirror.warm import start_warming
 
 log = logging.getLogger("mirror.app")
 EVICTION_INTERVAL = 5.0
@@ -77,6 +78,7 @@ async def _service_ctx(app: web.Application) -> AsyncIterator[None]:
 
     app[STATUS] = status
     evictor = asyncio.create_task(_evict_loop(tier), name="evictor")
+    warmer = start_warming(service, config)  # warm: rules, None when there are none
     if parts.tiers is not None:
         parts.tiers.start_periodic()  # cold tier usage and max_age expiry
     log.info("cache at %s: %d objects, %d bytes of %d", config.cache.dir, len(tier._entries),
@@ -85,7 +87,9 @@ async def _service_ctx(app: web.Application) -> AsyncIterator[None]:
         yield
     finally:
         evictor.cancel()
-        await asyncio.gather(evictor, return_exceptions=True)
+        if warmer is not None:
+            warmer.cancel()
+        await asyncio.gather(evictor, *([warmer] if warmer else []), return_exceptions=True)
         await parts.close()
 
 

@@ -104,6 +104,10 @@ def build_parser() -> argparse.ArgumentParser:
     config_arg(c)
     c.set_defaults(func=cmd_check_config)
 
+    from mirror.airgap_cli import add_airgap_commands  # seed, export, import
+
+    add_airgap_commands(sub, config_arg, _load)
+
     from mirror.statscli import add_stats_command
 
     add_stats_command(sub, config_arg)

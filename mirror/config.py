@@ -112,6 +112,17 @@ class LogConfig:
 
 
 @dataclass(frozen=True)
+class WarmConfig:
+    """Images the server keeps cached: seeded at start and every `interval` (mirror/warm.py).
+    Unchanged tags cost one HEAD each, which Docker Hub does not count as a pull."""
+
+    images: tuple[str, ...] = ()  # references as users write them; tag globs/ranges allowed
+    interval: float = 3600.0
+    platforms: tuple[str, ...] = ()  # empty: every platform
+    with_referrers: bool = False
+
+
+@dataclass(frozen=True)
 class Config:
     listen_host: str = "0.0.0.0"
     listen_port: int = 5000
@@ -122,6 +133,7 @@ class Config:
     log: LogConfig = field(default_factory=LogConfig)
     offline: bool = False
     finish_abandoned_fetches: bool = True
+    warm: WarmConfig = field(default_factory=WarmConfig)
     source: str = "<default>"
 
     @property
@@ -353,6 +365,42 @@ TOP_KEYS = {"listen", "default_upstream", "upstreams", "cache", "prefetch", "log
             "finish_abandoned_fetches", "tls", "auth", "server", "warm"}
 
 
+def _warm(reader: _Reader, raw: Any, names: Mapping[str, str], default: str | None) -> WarmConfig:
+    # Imported here: imageref builds on the router, which imports this module.
+    from mirror.imageref import ImageRefError, parse_image_ref
+    from mirror.models import Platform
+
+    if isinstance(raw, list):
+        raw = {"images": raw}
+    sec = reader.section(raw, "warm", {"images", "interval", "platforms", "with_referrers"})
+    images = sec.get("images") or []
+    if not isinstance(images, list):
+        reader.problem("warm.images", "must be a list of image references")
+        images = []
+    aliases = {k.lower(): v for k, v in names.items()}
+    for i, text in enumerate(images):
+        try:
+            if not isinstance(text, str):
+                raise ImageRefError(f"must be a string, got {text!r}")
+            parse_image_ref(text, aliases, default)
+        except ImageRefError as e:
+            reader.problem(f"warm.images[{i}]", str(e))
+    platforms = sec.get("platforms") or []
+    if not isinstance(platforms, list):
+        reader.problem("warm.platforms", "must be a list like [linux/amd64, linux/arm64]")
+        platforms = []
+    for i, plat in enumerate(platforms):
+        try:
+            Platform.parse(str(plat))
+        except ValueError as e:
+            reader.problem(f"warm.platforms[{i}]", str(e))
+    interval = reader.convert(sec, "interval", "warm.interval", parse_duration, 3600.0)
+    if interval < 1:
+        reader.problem("warm.interval", "must be at least 1s")
+    return WarmConfig(tuple(str(t) for t in images), interval, tuple(str(p) for p in platforms),
+                      reader.get(sec, "with_referrers", "warm.with_referrers", bool, False))
+
+
 def parse_config(raw: Any, env: Mapping[str, str] | None = None, base: Path | None = None,
                  source: str = "<config>") -> Config:
     reader = _Reader(os.environ if env is None else env, base or Path.cwd())
@@ -408,6 +456,7 @@ def parse_config(raw: Any, env: Mapping[str, str] | None = None, base: Path | No
         offline=reader.get(top, "offline", "offline", bool, False),
         finish_abandoned_fetches=reader.get(top, "finish_abandoned_fetches",
                                             "finish_abandoned_fetches", bool, True),
+        warm=_warm(reader, top.get("warm"), seen, default),
         source=source,
     )
     if reader.problems:

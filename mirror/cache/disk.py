@@ -291,6 +291,22 @@ class DiskTier:
         self._account(digest, size, media_type, is_manifest)
         await self.enforce_budget()
 
+    async def adopt(self, digest: Digest, path: Path, media_type: str | None = None,
+                    is_manifest: bool = False) -> None:
+        """Move a file under tmp/ that the caller already hashed and fsynced into place, with
+        no second copy: a bundle import verifies every blob first and commits only then."""
+
+        def move() -> int:
+            final = self.path(digest)
+            final.parent.mkdir(parents=True, exist_ok=True)
+            size = os.stat(path).st_size
+            os.replace(path, final)
+            return size
+
+        size = await asyncio.get_running_loop().run_in_executor(None, move)
+        self._account(digest, size, media_type, is_manifest)
+        await self.enforce_budget()
+
     async def delete(self, digest: Digest) -> bool:
         key = str(digest)
         e = self._entries.pop(key, None)
