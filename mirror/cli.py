@@ -108,6 +108,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_airgap_commands(sub, config_arg, _load)
 
+    from mirror.clientconf import add_client_config_command
+
+    add_client_config_command(sub, config_arg)
+
     from mirror.statscli import add_stats_command
 
     add_stats_command(sub, config_arg)

@@ -1,0 +1,149 @@
+"""Shared pieces of the real-client end-to-end tests (tests/e2e/clients/).
+
+The chain under test:  client -> client tap -> mirror process -> upstream tap -> registry.
+Both taps are RecordingProxy instances: the client tap shows what the client sent (ns=, paths),
+the upstream tap counts what the mirror asked the registry (zero on a warm pull). Clients are
+configured with mirror.clientconf, the generator behind deploy/clients/, pointed at the client
+tap, with every fallback at a dead loopback port."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import socket
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from mirror.clientconf import client_files, write_files
+from mirror.config import parse_config
+
+from .images import Catalog
+from .mirror_proc import MirrorProcess, mirror_config
+from .tap import RecordingProxy
+
+
+def need_tools(*tools: str) -> None:
+    """Fail (never skip) when a real client is missing: the tests exist to run it."""
+    import pytest
+
+    missing = [t for t in tools if shutil.which(t) is None]
+    if missing:
+        pytest.fail(f"{', '.join(missing)} not installed (make system-deps)", pytrace=False)
+
+
+@contextmanager
+def dead_loopback_port() -> Iterator[int]:
+    """A 127.0.0.1 port that refuses connections: bound (so nobody else can take it) but never
+    listening. Client fallbacks point here instead of at a real registry."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.bind(("127.0.0.1", 0))
+    try:
+        yield int(s.getsockname()[1])
+    finally:
+        s.close()
+
+
+@dataclass
+class PassFigures:
+    client: str
+    image: str
+    phase: str  # cold | warm
+    seconds: float
+    client_requests: int  # requests the client sent to the mirror
+    upstream_requests: int  # requests the mirror sent to the registry
+    upstream_bytes: int  # body bytes the registry sent to the mirror
+
+    def row(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class E2EMirror:
+    """A mirror process with a fresh cache, a tap on each side, and generated client files."""
+
+    def __init__(self, catalog: Catalog, workdir: Path, dead_port: int) -> None:
+        self.catalog = catalog
+        self.workdir = workdir
+        self.dead_port = dead_port
+        self.upstream_tap = RecordingProxy(catalog.registry_url, name="upstream-tap")
+        raw = mirror_config({"docker.io": self.upstream_tap.url}, workdir / "cache")
+        self.proc = MirrorProcess(raw, workdir=workdir)
+        self.config = parse_config(raw, env={}, base=workdir)
+        self.client_tap: RecordingProxy | None = None
+
+    def start(self) -> E2EMirror:
+        self.proc.start()
+        self.client_tap = RecordingProxy(self.proc.url, name="client-tap")
+        return self
+
+    def stop(self) -> None:
+        if self.client_tap is not None:
+            self.client_tap.stop()
+        self.proc.stop()
+        self.upstream_tap.stop()
+
+    @property
+    def tap(self) -> RecordingProxy:
+        assert self.client_tap is not None, "start() first"
+        return self.client_tap
+
+    @property
+    def url(self) -> str:
+        """What clients are configured with (the client tap in front of the mirror)."""
+        return self.tap.url
+
+    @property
+    def hostport(self) -> str:
+        return f"127.0.0.1:{self.tap.port}"
+
+    @property
+    def dead(self) -> str:
+        return f"127.0.0.1:{self.dead_port}"
+
+    def client_config(self, out: Path) -> dict[str, str]:
+        """Write the generated client files under `out` (as `mirror client-config -o` does)."""
+        files = client_files(self.config, self.url, fallback=f"http://{self.dead}")
+        write_files(files, out)
+        return files
+
+    def measure(self, client: str, image: str, phase: str, pull: Callable[[], None]) -> PassFigures:
+        self.tap.clear()
+        self.upstream_tap.clear()
+        t0 = time.monotonic()
+        pull()
+        seconds = time.monotonic() - t0
+        self.tap.wait_idle(30)
+        self.upstream_tap.wait_idle(30)
+        return PassFigures(client, image, phase, round(seconds, 2), self.tap.count(),
+                           self.upstream_tap.count(), self.upstream_tap.bytes_sent())
+
+
+@contextmanager
+def e2e_mirror(catalog: Catalog, dead_port: int) -> Iterator[E2EMirror]:
+    workdir = Path(tempfile.mkdtemp(prefix="mirror-e2e-"))
+    m = E2EMirror(catalog, workdir, dead_port)
+    try:
+        yield m.start()
+    finally:
+        m.stop()
+
+
+_URL_RE = re.compile(r"\b(?:GET|HEAD) (https?://[^\s\"]+)")
+
+
+def request_hosts(log: str) -> set[str]:
+    """host:port of every registry request a containers/image client logged with --debug."""
+    return {re.sub(r"^https?://", "", u).split("/", 1)[0] for u in _URL_RE.findall(log)}
+
+
+def assert_only_mirror_contacted(log: str, mirror_hostport: str, dead: str) -> None:
+    """containers/image (skopeo, podman) debug log: every request went to the mirror, none to
+    the primary location (the dead port) or anywhere else."""
+    hosts = request_hosts(log)
+    assert hosts == {mirror_hostport}, f"requests went to {hosts}, not only {mirror_hostport}"
+    assert dead not in log, f"the client tried its fallback {dead}"
+    assert "docker.io/v2" not in log and "registry-1.docker.io" not in log
