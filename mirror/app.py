@@ -11,21 +11,26 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from mirror.audit import AuditLog, audit_middleware
 from mirror.cache.disk import DiskTier
 from mirror.cache.tiered import TieredStore, build_tiered
+from mirror.clientauth import CLIENT_AUTH, ClientAuth, client_auth_middleware
 from mirror.config import Config
 from mirror.db import Database
 from mirror.index import TagIndex
 from mirror.keys import CONFIG, METRICS, PULL_STATS, ROUTER, SERVICE, STATUS
+from mirror.limits import RateLimiter, rate_limit_middleware, server_handler_args
 from mirror.metrics import Metrics
 from mirror.middlewares import errors_middleware
 from mirror.pullstats import PullStats
 from mirror.router import Route, alias_table, resolve_route
 from mirror.routes import add_routes
+from mirror.server import RELOAD, SERVER_TLS
 from mirror.service import PullService
 from mirror.statuspage import add_status_routes
+from mirror.tls import ServerTLS
 from mirror.upstream.client import UpstreamClient
 from mirror.warm import start_warming
 
@@ -39,10 +44,12 @@ def create_app(config: Config, metrics: Metrics | None = None) -> web.Applicatio
     stats = PullStats(metrics.totals)
     audit = AuditLog(config.log.audit, metrics) if config.log.audit else None
     # The audit middleware is outermost: it sees the final status and the whole transfer.
-    app = web.Application(middlewares=[audit_middleware(stats, audit), errors_middleware],
-                          client_max_size=1024)
+    app = web.Application(middlewares=[audit_middleware(stats, audit), errors_middleware,
+                                       *_guards(config, metrics)],
+                          client_max_size=1024, handler_args=server_handler_args(config.limits))
     app[CONFIG] = config
     app[METRICS] = metrics
+    _security(app, config)
     aliases = alias_table(config)
 
     def route(name: str, ns: str | None) -> Route:
@@ -57,6 +64,27 @@ def create_app(config: Config, metrics: Metrics | None = None) -> web.Applicatio
     add_routes(app)
     add_status_routes(app)
     return app
+
+
+def _guards(config: Config, metrics: Metrics) -> list[Middleware]:
+    """Middlewares that refuse requests before any work: rate limit, then client auth (which
+    also applies the access rules after routing, before the service is called)."""
+    guards: list[Middleware] = []
+    if config.limits.rate_limit is not None:
+        guards.append(rate_limit_middleware(RateLimiter(config.limits.rate_limit, metrics.registry)))
+    if config.auth is not None:
+        guards.append(client_auth_middleware)
+    return guards
+
+
+def _security(app: web.Application, config: Config) -> None:
+    app[RELOAD] = []  # run on SIGHUP by mirror/server.py
+    if config.auth is not None:
+        app[CLIENT_AUTH] = ClientAuth(config.auth, app[METRICS].registry)
+        app[RELOAD].append(app[CLIENT_AUTH].reload)
+    if config.tls is not None:
+        app[SERVER_TLS] = ServerTLS(config.tls)
+        app[RELOAD].append(app[SERVER_TLS].reload)
 
 
 async def _service_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -24,10 +24,9 @@ def _load(path: str | None) -> Config:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from aiohttp import web
-
     from mirror.app import create_app
     from mirror.log import setup_logging
+    from mirror.server import run
 
     config = _load(args.config)
     if args.listen:
@@ -45,14 +44,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
     app = create_app(config)
     host = "127.0.0.1" if config.listen_host in ("0.0.0.0", "::") else config.listen_host
     where = f"{host}:{config.listen_port}"
+    scheme = "https" if config.tls is not None else "http"
 
     def banner(_: str) -> None:
-        print(f"mirror {__version__} serving on http://{config.listen} (config {config.source})\n"
+        print(f"mirror {__version__} serving on {scheme}://{config.listen} (config {config.source})\n"
               f"  upstreams: {', '.join(config.upstreams) or 'none'}"
               f"{' (offline)' if config.offline else ''}; cache: {config.cache.dir}\n"
-              f"  status page: http://{where}/   metrics: http://{where}/metrics\n"
-              f"  dockerd:    daemon.json {{\"registry-mirrors\": [\"http://{where}\"]}}\n"
-              f"  containerd: certs.d/<registry>/hosts.toml [host.\"http://{where}\"]\n"
+              f"  status page: {scheme}://{where}/   metrics: {scheme}://{where}/metrics\n"
+              f"  dockerd:    daemon.json {{\"registry-mirrors\": [\"{scheme}://{where}\"]}}\n"
+              f"  containerd: certs.d/<registry>/hosts.toml [host.\"{scheme}://{where}\"]\n"
               f"  podman:     registries.conf [[registry.mirror]] location = \"{where}\"",
               flush=True)
 
@@ -63,8 +63,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except OSError as e:
         print(f"mirror: cannot listen on {config.listen}: {e.strerror}", file=sys.stderr)
         return 1
-    web.run_app(app, sock=sock, print=banner, access_log=None, handle_signals=True,
-                shutdown_timeout=5)
+    run(app, sock, banner, shutdown_timeout=5)  # like web.run_app, plus TLS reload and limits
     return 0
 
 
@@ -75,7 +74,28 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     for up in config.upstreams.values():
         cred = f", user {up.username}, password ****" if up.username else ""
         print(f"  {up.name}: {up.url}{cred}")
+    for line in _security_lines(config):
+        print(f"  {line}")
     return 0
+
+
+def _security_lines(config: Config) -> list[str]:
+    """TLS, client auth and limits for check-config: paths and counts, never a secret."""
+    lines = []
+    if config.tls is not None:
+        mtls = f", client CA {config.tls.client_ca} (mTLS)" if config.tls.client_ca else ""
+        lines.append(f"tls: cert {config.tls.cert}, key {config.tls.key} (****){mtls}")
+    if config.auth is not None:
+        a = config.auth
+        who = f"htpasswd {a.htpasswd} (hashes ****)" if a.htpasswd else "no htpasswd: anonymous only"
+        lines.append(f"auth: {who}, realm {a.realm!r}, {len(a.rules)} rules ({a.policy}, "
+                     f"default {a.default}), token {'on' if a.token else 'off'}, protect "
+                     f"metrics {a.protect_metrics}, status {a.protect_status}")
+    lim = config.limits
+    rate = f", rate {lim.rate_limit.rate}/s burst {lim.rate_limit.burst}" if lim.rate_limit else ""
+    lines.append(f"limits: header {lim.max_header_size} B, connections "
+                 f"{lim.max_connections or 'unlimited'}, client timeout {lim.client_timeout:g}s{rate}")
+    return lines
 
 
 def build_parser() -> argparse.ArgumentParser:

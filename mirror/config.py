@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import yaml
@@ -112,6 +112,62 @@ class LogConfig:
 
 
 @dataclass(frozen=True)
+class TlsConfig:
+    """TLS on the listen address; `client_ca` turns on mTLS (clients must present a cert)."""
+
+    cert: Path
+    key: Path
+    client_ca: Path | None = None
+
+
+@dataclass(frozen=True)
+class AccessRule:
+    """One access rule (mirror/access.py evaluates them). Patterns are globs: `*` stays within
+    one path component, `**` crosses them. Users: names from htpasswd, `*` (any authenticated
+    user) or `anonymous`; empty means everyone."""
+
+    action: Literal["allow", "deny"]
+    users: tuple[str, ...] = ()
+    upstreams: tuple[str, ...] = ("*",)
+    repositories: tuple[str, ...] = ("**",)
+
+
+@dataclass(frozen=True)
+class TokenConfig:
+    """Short-lived Bearer tokens (Docker token auth) issued by the mirror itself at /auth/token."""
+
+    ttl: float = 300.0
+    realm: str | None = None  # absolute token URL; default: derived from the request's Host
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    htpasswd: Path | None = None  # bcrypt entries only; None: everyone is anonymous
+    realm: str = "mirror"
+    rules: tuple[AccessRule, ...] = (AccessRule("allow", users=("*",)),)
+    policy: Literal["first-match", "deny-overrides"] = "first-match"
+    default: Literal["allow", "deny"] = "deny"  # when no rule matches
+    protect_metrics: bool = True
+    protect_status: bool = True
+    token: TokenConfig | None = None
+
+
+@dataclass(frozen=True)
+class RateLimitConfig:
+    rate: float  # requests per second per client address, refilled continuously
+    burst: int
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    max_header_size: int = 8190  # one request line or header field, in bytes
+    max_headers: int = 100
+    max_connections: int | None = 1024  # None (0 in YAML): unlimited
+    client_timeout: float = 60.0  # to receive a complete request head (and TLS handshake)
+    rate_limit: RateLimitConfig | None = None
+
+
+@dataclass(frozen=True)
 class WarmConfig:
     """Images the server keeps cached: seeded at start and every `interval` (mirror/warm.py).
     Unchanged tags cost one HEAD each, which Docker Hub does not count as a pull."""
@@ -133,6 +189,9 @@ class Config:
     log: LogConfig = field(default_factory=LogConfig)
     offline: bool = False
     finish_abandoned_fetches: bool = True
+    tls: TlsConfig | None = None
+    auth: AuthConfig | None = None
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
     warm: WarmConfig = field(default_factory=WarmConfig)
     source: str = "<default>"
 
@@ -361,8 +420,183 @@ def _listen(reader: _Reader, value: Any) -> tuple[str, int]:
     return host.strip("[]") or "0.0.0.0", int(port)
 
 
+def _readable(reader: _Reader, raw: dict[str, Any], key: str, path: str) -> Path | None:
+    value = reader.get(raw, key, path, str, None)
+    if not value:
+        return None
+    p = reader.path(value)
+    try:
+        p.read_bytes()
+    except OSError as e:
+        reader.problem(path, f"cannot read {p}: {e.strerror}")
+        return None
+    return p
+
+
+def _no_password() -> bytes:
+    # An encrypted key would make OpenSSL prompt on the terminal; fail instead.
+    raise ValueError("encrypted private keys are not supported")
+
+
+def _tls(reader: _Reader, raw: Any) -> TlsConfig | None:
+    if raw is None:
+        return None
+    sec = reader.section(raw, "tls", {"cert", "key", "client_ca"})
+    cert = _readable(reader, sec, "cert", "tls.cert")
+    key = _readable(reader, sec, "key", "tls.key")
+    client_ca = _readable(reader, sec, "client_ca", "tls.client_ca")
+    for k in ("cert", "key"):
+        if not sec.get(k):
+            reader.problem(f"tls.{k}", "is required (a PEM file)")
+    if cert is None or key is None:
+        return None
+    import ssl  # only configs with TLS pay for it
+
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert, key, _no_password)
+    except (ssl.SSLError, ValueError) as e:
+        reader.problem("tls.key", f"cert and key do not load as a pair: {getattr(e, 'reason', e)}")
+        return None
+    if client_ca is not None:
+        try:
+            ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_verify_locations(client_ca)
+        except ssl.SSLError as e:
+            reader.problem("tls.client_ca", f"not a PEM CA bundle: {e.reason}")
+    return TlsConfig(cert, key, client_ca)
+
+
+def _str_list(reader: _Reader, raw: dict[str, Any], key: str, path: str,
+              default: tuple[str, ...]) -> tuple[str, ...]:
+    value = raw.get(key)
+    if value is None:
+        return default
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) and v for v in value):
+        reader.problem(path, "must be a non-empty list of strings")
+        return default
+    return tuple(value)
+
+
+def _rules(reader: _Reader, raw: Any, upstreams: Mapping[str, UpstreamConfig],
+           users: frozenset[str] | None) -> tuple[AccessRule, ...] | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, list):
+        reader.problem("auth.rules", "must be a list of rules")
+        return None
+    rules = []
+    for i, item in enumerate(raw):
+        path = f"auth.rules[{i}]"
+        sec = reader.section(item, path, {"allow", "deny", "users", "upstreams", "repositories"})
+        if ("allow" in sec) == ("deny" in sec):
+            reader.problem(path, "needs exactly one of allow: true or deny: true")
+            continue
+        verb: Literal["allow", "deny"] = "allow" if "allow" in sec else "deny"
+        if sec[verb] is not True:
+            reader.problem(f"{path}.{verb}", "must be true")
+        who = _str_list(reader, sec, "users", f"{path}.users", ())
+        ups = _str_list(reader, sec, "upstreams", f"{path}.upstreams", ("*",))
+        repos = _str_list(reader, sec, "repositories", f"{path}.repositories", ("**",))
+        for up in ups:
+            if not any(c in up for c in "*?[") and up not in upstreams:
+                reader.problem(f"{path}.upstreams", f"{up!r} is not one of upstreams")
+        for user in who:
+            if users is not None and user not in ("*", "anonymous") and user not in users:
+                reader.problem(f"{path}.users", f"{user!r} is not in auth.htpasswd")
+        rules.append(AccessRule(verb, who, ups, repos))
+    return tuple(rules)
+
+
+def _auth(reader: _Reader, raw: Any, upstreams: Mapping[str, UpstreamConfig]) -> AuthConfig | None:
+    if raw is None:
+        return None
+    from mirror.htpasswd import parse_htpasswd
+
+    sec = reader.section(raw, "auth", {"htpasswd", "realm", "rules", "policy", "default",
+                                       "protect_metrics", "protect_status", "token"})
+    d = AuthConfig()
+    htpasswd = _readable(reader, sec, "htpasswd", "auth.htpasswd")
+    users: frozenset[str] | None = None
+    if htpasswd is not None:
+        try:
+            users = frozenset(parse_htpasswd(htpasswd.read_text()))
+        except (ValueError, UnicodeDecodeError) as e:
+            reader.problem("auth.htpasswd", str(e))
+    realm = reader.get(sec, "realm", "auth.realm", str, d.realm)
+    if '"' in realm or "\\" in realm:
+        reader.problem("auth.realm", "must not contain quotes or backslashes")
+        realm = d.realm
+    policy = reader.get(sec, "policy", "auth.policy", str, d.policy)
+    if policy not in ("first-match", "deny-overrides"):
+        reader.problem("auth.policy", "must be first-match or deny-overrides")
+        policy = d.policy
+    default = reader.get(sec, "default", "auth.default", str, d.default)
+    if default not in ("allow", "deny"):
+        reader.problem("auth.default", "must be allow or deny")
+        default = d.default
+    rules = _rules(reader, sec.get("rules"), upstreams, users)
+    token = None
+    if sec.get("token") is not None:
+        tok = reader.section(sec["token"], "auth.token", {"ttl", "realm"})
+        ttl = reader.convert(tok, "ttl", "auth.token.ttl", parse_duration, TokenConfig.ttl)
+        if ttl < 1:
+            reader.problem("auth.token.ttl", "must be at least 1s")
+        token_realm = tok.get("realm")
+        if token_realm is not None:
+            token_realm = _url(reader, "auth.token.realm", token_realm, ("http", "https"))
+        token = TokenConfig(max(ttl, 1.0), token_realm)
+    return AuthConfig(
+        htpasswd=htpasswd,
+        realm=realm,
+        rules=d.rules if rules is None else rules,
+        policy=policy,
+        default=default,
+        protect_metrics=reader.get(sec, "protect_metrics", "auth.protect_metrics", bool, True),
+        protect_status=reader.get(sec, "protect_status", "auth.protect_status", bool, True),
+        token=token,
+    )
+
+
+def _limits(reader: _Reader, raw: Any) -> LimitsConfig:
+    sec = reader.section(raw, "limits", {"max_header_size", "max_headers", "max_connections",
+                                         "client_timeout", "rate_limit"})
+    d = LimitsConfig()
+    header = reader.convert(sec, "max_header_size", "limits.max_header_size", parse_size,
+                            d.max_header_size)
+    if not 1024 <= header <= 1024 * 1024:
+        reader.problem("limits.max_header_size", "must be between 1KiB and 1MiB")
+        header = d.max_header_size
+    count = reader.get(sec, "max_headers", "limits.max_headers", int, d.max_headers)
+    if count < 16:
+        reader.problem("limits.max_headers", "must be at least 16")
+        count = d.max_headers
+    conns = reader.get(sec, "max_connections", "limits.max_connections", int, d.max_connections)
+    if conns == 0:
+        conns = None  # explicitly unlimited
+    elif conns is not None and conns < 0:
+        reader.problem("limits.max_connections", "must be a positive number, or 0 for unlimited")
+        conns = d.max_connections
+    timeout = reader.convert(sec, "client_timeout", "limits.client_timeout", parse_duration,
+                             d.client_timeout)
+    if timeout < 1:
+        reader.problem("limits.client_timeout", "must be at least 1s")
+        timeout = d.client_timeout
+    rate_limit = None
+    if sec.get("rate_limit") is not None:
+        rl = reader.section(sec["rate_limit"], "limits.rate_limit", {"rate", "burst"})
+        rate = reader.convert(rl, "rate", "limits.rate_limit.rate", float, 0.0)
+        if rate <= 0:
+            reader.problem("limits.rate_limit.rate", "is required: requests per second (> 0)")
+        burst = reader.get(rl, "burst", "limits.rate_limit.burst", int, max(1, int(rate * 10)))
+        if burst < 1:
+            reader.problem("limits.rate_limit.burst", "must be at least 1")
+        rate_limit = RateLimitConfig(max(rate, 0.001), max(burst, 1))
+    return LimitsConfig(header, count, conns, timeout, rate_limit)
+
+
 TOP_KEYS = {"listen", "default_upstream", "upstreams", "cache", "prefetch", "log", "offline",
-            "finish_abandoned_fetches", "tls", "auth", "server", "warm"}
+            "finish_abandoned_fetches", "tls", "auth", "server", "warm", "limits"}
 
 
 def _warm(reader: _Reader, raw: Any, names: Mapping[str, str], default: str | None) -> WarmConfig:
@@ -456,6 +690,9 @@ def parse_config(raw: Any, env: Mapping[str, str] | None = None, base: Path | No
         offline=reader.get(top, "offline", "offline", bool, False),
         finish_abandoned_fetches=reader.get(top, "finish_abandoned_fetches",
                                             "finish_abandoned_fetches", bool, True),
+        tls=_tls(reader, top.get("tls")),
+        auth=_auth(reader, top.get("auth"), upstreams),
+        limits=_limits(reader, top.get("limits")),
         warm=_warm(reader, top.get("warm"), seen, default),
         source=source,
     )
