@@ -44,7 +44,8 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 OPEN_PATHS = frozenset({"/healthz", "/readyz"})
 TOKEN_PATH = "/auth/token"
 PULL_METHODS = ("GET", "HEAD")
-USER = "user"  # request key: the authenticated user name, or None for anonymous
+# The authenticated user name, or None for anonymous: `request[USER]`.
+USER: web.RequestKey[str | None] = web.RequestKey("user")
 AUTH_RESULTS = ("ok", "anonymous", "bad_credentials", "denied", "token_issued")
 
 
