@@ -5,7 +5,8 @@ PY      = $(VENV)/bin/python
 CONFIG ?= mirror.yaml
 # Real registry and clients the end-to-end tests drive (installed only when run as root).
 APT_PACKAGES = docker-registry skopeo podman containerd runc docker.io uidmap \
-               busybox-static chromium nginx-light wrk curl iproute2
+               busybox-static chromium nginx-light wrk curl iproute2 \
+               prometheus
 
 .PHONY: run test venv lint typecheck system-deps bench clean
 

@@ -51,7 +51,7 @@ RESULT_NOTES = {
 
 
 def _num(id_: str, value: float | None, text: str, cls: str = "") -> str:
-    raw = "" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
+    raw = "" if value is None else repr(value)  # full precision, for scripts and tests
     c = f' class="{cls}"' if cls else ""
     return f'<span id="{id_}"{c} data-value="{escape(raw)}">{escape(text)}</span>'
 

@@ -15,7 +15,8 @@ def fmt_bytes(n: float | None) -> str:
     sign = "-" if n < 0 else ""
     v = abs(float(n))
     unit = 0
-    while v >= 1024 and unit < len(_BYTE_UNITS) - 1:
+    # Switch units at 1000, not 1024: "0.99 MiB" reads better than "1014 KiB".
+    while v >= 1000 and unit < len(_BYTE_UNITS) - 1:
         v /= 1024
         unit += 1
     if unit == 0:
