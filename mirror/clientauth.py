@@ -3,7 +3,8 @@
 Who is asking: `Authorization: Basic` checked against the htpasswd file, or (with `auth.token`)
 a short-lived Bearer token the mirror issued itself at /auth/token, Docker token-auth style. No
 credentials, or Basic with an empty user name (containers/image sends that when it has none),
-is the anonymous client. The middleware stores the user name, or None, in `request["user"]`.
+is the anonymous client. The middleware stores a logged-in user's name in `request[USER]`
+(the request key "user", mirror/keys.py); anonymous requests have none.
 
 What they may do: after routing, before the pull service is called, mirror/access.py decides.
 An anonymous client that is refused gets 401 with a challenge (logging in may help); a known
@@ -35,7 +36,7 @@ from mirror.apipath import parse_api_path
 from mirror.config import AuthConfig
 from mirror.errors import Denied, Unauthorized
 from mirror.htpasswd import HtpasswdFile
-from mirror.keys import ROUTER
+from mirror.keys import ROUTER, USER
 from mirror.responses import API_VERSION_HEADER
 
 log = logging.getLogger("mirror.auth")
@@ -44,8 +45,6 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 OPEN_PATHS = frozenset({"/healthz", "/readyz"})
 TOKEN_PATH = "/auth/token"
 PULL_METHODS = ("GET", "HEAD")
-# The authenticated user name, or None for anonymous: `request[USER]`.
-USER: web.RequestKey[str | None] = web.RequestKey("user")
 AUTH_RESULTS = ("ok", "anonymous", "bad_credentials", "denied", "token_issued")
 
 
@@ -223,7 +222,8 @@ async def client_auth_middleware(request: web.Request, handler: Handler) -> web.
         auth.results.labels("bad_credentials").inc()
         return auth.unauthorized(request, "invalid username or password",
                                  basic=not path.startswith("/v2"))
-    request[USER] = ident.user
+    if ident.user is not None:
+        request[USER] = ident.user  # the audit log says who pulled
     auth.results.labels("ok" if ident.user else "anonymous").inc()
     if path == "/v2" or path.startswith("/v2/"):
         if ident.user is None and path in ("/v2", "/v2/") and (auth.users or auth.tokens):
