@@ -133,12 +133,12 @@ def cmd_seed(args: argparse.Namespace, config: Config) -> int:
     from mirror.progress import BarReporter, LineReporter, summary_lines
     from mirror.seed import SeedOptions
 
-    parsed = _parse_common(args, config, any_registry=bool(args.url))
-    if parsed is None:
-        return EXIT_USAGE
     if not args.url and config.offline:
         _fail("the config says offline: true, so there is no upstream to seed from "
               "(use --url, or `mirror import` a bundle)")
+        return EXIT_USAGE
+    parsed = _parse_common(args, config, any_registry=bool(args.url))
+    if parsed is None:
         return EXIT_USAGE
     if args.parallel < 1:
         _fail("--parallel must be at least 1")
@@ -200,7 +200,7 @@ def cmd_export(args: argparse.Namespace, config: Config) -> int:
     db = Database(config.cache.dir / "index.db")
     try:
         tier = DiskTier(config.cache.dir, db, config.cache.max_size, Metrics())
-        view = CacheView(tier, TagIndex(db))
+        view = CacheView(tier, TagIndex(db), db)
         plan = plan_export(view, refs, platforms, args.with_referrers)
         for note in plan.notes:
             print(f"mirror: note: {note}", file=sys.stderr)

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import IO, Any, BinaryIO, cast
 
 from mirror.cache.disk import DiskTier
+from mirror.db import Database
 from mirror.imageref import ImageRef
 from mirror.index import TagIndex
 from mirror.models import (
@@ -42,6 +43,7 @@ REF_NAME = "org.opencontainers.image.ref.name"
 CONTAINERD_NAME = "io.containerd.image.name"
 CHECKED_AT = "io.github.mirror.tag.checked-at"  # RFC 3339 UTC; when upstream last confirmed
 COPY_BUFFER = 1024 * 1024
+MAX_REFERRER_DEPTH = 2  # like seed: a signature of an SBOM of an image
 ENTRY_MTIME = 0  # fixed: the same content makes the same bundle
 
 
@@ -64,6 +66,7 @@ class ExportPlan:
     blobs: dict[str, tuple[Digest, int]] = field(default_factory=dict)  # in write order
     problems: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    planned: set[str] = field(default_factory=set)  # full references already in the plan
 
     @property
     def total_bytes(self) -> int:
@@ -85,9 +88,11 @@ class CacheView:
     """Read-only access to a cache directory. It never sweeps tmp/ or writes, so exporting is
     safe while a mirror serves the same cache."""
 
-    def __init__(self, tier: DiskTier, tags: TagIndex) -> None:
+    def __init__(self, tier: DiskTier, tags: TagIndex, db: Database) -> None:
         self.tier = tier
         self.tags = tags
+        self.db = db
+        self._subjects: dict[str, list[Digest]] | None = None
 
     def blob_size(self, digest: Digest) -> int | None:
         try:
@@ -108,25 +113,46 @@ class CacheView:
     def local_tags(self, upstream: str, repo: str) -> list[str]:
         return sorted(t for (u, r, t, _) in self.tags.all() if u == upstream and r == repo)
 
+    def referrers_of(self, digest: Digest) -> list[Digest]:
+        """Cached manifests whose `subject` is `digest` (what a seed found through the referrers
+        API). The cache keeps no subject index, so the first call reads every cached manifest
+        once: fine for an export, which is rare and reads gigabytes anyway."""
+        if self._subjects is None:
+            self._subjects = {}
+            for (key,) in self.db.query("SELECT digest FROM content WHERE is_manifest=1"):
+                try:
+                    d = Digest.parse(key)
+                    doc = json.loads(self.manifest(d) or b"null")
+                except ValueError:  # DigestInvalid is a ValueError too
+                    continue
+                subject = doc.get("subject") if isinstance(doc, dict) else None
+                if isinstance(subject, dict) and isinstance(subject.get("digest"), str):
+                    self._subjects.setdefault(subject["digest"], []).append(d)
+        return self._subjects.get(str(digest), [])
+
 
 def plan_export(view: CacheView, refs: Iterable[ImageRef], platforms: tuple[Platform, ...] = (),
                 with_referrers: bool = False) -> ExportPlan:
     """What goes into the bundle, from the cache alone; problems name what is not cached."""
     plan = ExportPlan()
+    depth = MAX_REFERRER_DEPTH if with_referrers else 0
     for ref in refs:
         if ref.pattern is not None:
             tags = ref.pattern.select(view.local_tags(ref.upstream, ref.repo))
             if not tags:
                 plan.problems.append(f"{ref}: no cached tag matches")
             for t in tags:
-                _plan_image(view, plan, ref.with_tag(t), platforms, with_referrers)
+                _plan_image(view, plan, ref.with_tag(t), platforms, depth)
         else:
-            _plan_image(view, plan, ref, platforms, with_referrers)
+            _plan_image(view, plan, ref, platforms, depth)
     return plan
 
 
 def _plan_image(view: CacheView, plan: ExportPlan, ref: ImageRef,
-                platforms: tuple[Platform, ...], with_referrers: bool) -> None:
+                platforms: tuple[Platform, ...], referrer_depth: int) -> None:
+    if str(ref) in plan.planned:
+        return
+    plan.planned.add(str(ref))
     checked_at: float | None = None
     if ref.digest is not None:
         digest = ref.digest
@@ -142,18 +168,26 @@ def _plan_image(view: CacheView, plan: ExportPlan, ref: ImageRef,
         plan.problems.append(f"{ref}: manifest {digest} is not in the cache")
         return
     media_type = manifest_media_type(body, None)
-    if not _plan_manifest(view, plan, ref, digest, body, platforms):
+    walked: list[Digest] = []
+    if not _plan_manifest(view, plan, ref, digest, body, platforms, walked):
         return
     plan.images.append(BundleImage(ref, digest, media_type, len(body), checked_at))
-    if with_referrers:
-        prefix = f"{digest.algorithm}-{digest.hex}"
-        for t in view.local_tags(ref.upstream, ref.repo):
+    if referrer_depth <= 0:
+        return
+    tags = view.local_tags(ref.upstream, ref.repo)
+    for d in walked:
+        # Referrers by tag (OCI tag schema `sha256-<hex>`, cosign `.sig/.att/.sbom`) keep their
+        # tag; those found through the referrers API go in by digest.
+        prefix = f"{d.algorithm}-{d.hex}"
+        for t in tags:
             if t == prefix or t.startswith(prefix + "."):
-                _plan_image(view, plan, ref.with_tag(t), (), False)
+                _plan_image(view, plan, ref.with_tag(t), (), referrer_depth - 1)
+        for r in view.referrers_of(d):
+            _plan_image(view, plan, ref.with_digest(r), (), referrer_depth - 1)
 
 
 def _plan_manifest(view: CacheView, plan: ExportPlan, ref: ImageRef, digest: Digest, body: bytes,
-                   platforms: tuple[Platform, ...]) -> bool:
+                   platforms: tuple[Platform, ...], walked: list[Digest]) -> bool:
     media_type = manifest_media_type(body, None)
     parsed = parse_manifest(body, media_type)
     ok = True
@@ -173,12 +207,13 @@ def _plan_manifest(view: CacheView, plan: ExportPlan, ref: ImageRef, digest: Dig
                 else:
                     plan.notes.append(f"{ref}: {plat} is not cached and not in the bundle")
                 continue
-            if _plan_manifest(view, plan, ref, child.digest, child_body, ()):
+            if _plan_manifest(view, plan, ref, child.digest, child_body, (), walked):
                 present += 1
             else:
                 ok = False
         if present == 0 and ok:
-            plan.problems.append(f"{ref}: no platform of this index is cached")
+            plan.problems.append(f"{ref}: none of the {'requested ' if platforms else ''}"
+                                 f"platforms of this index is cached")
             ok = False
     elif media_type in IMAGE_MANIFEST_TYPES:
         for blob in parsed.blobs:
@@ -194,6 +229,7 @@ def _plan_manifest(view: CacheView, plan: ExportPlan, ref: ImageRef, digest: Dig
         ok = False
     if ok:
         plan.blobs.setdefault(str(digest), (digest, len(body)))
+        walked.append(digest)
     return ok
 
 

@@ -52,7 +52,7 @@ class ImageRef:
         return replace(self, tag=tag, digest=None, pattern=None)
 
     def with_digest(self, digest: Digest) -> ImageRef:
-        return replace(self, digest=digest, pattern=None)
+        return replace(self, tag=None, digest=digest, pattern=None)
 
     def __str__(self) -> str:
         """The full reference: `docker.io/library/busybox:latest`, `ghcr.io/o/a@sha256:...`."""
@@ -112,6 +112,9 @@ def _route(name: str, aliases: Mapping[str, str], default_upstream: str | None,
         return route.upstream, route.repo
     except NameUnknown:
         if not allow_unknown:
+            if default_upstream is None and not _looks_like_registry(name.partition("/")[0]):
+                raise ImageRefError("names no registry, and the config has no "
+                                    "default_upstream") from None
             raise
     first, sep, rest = name.partition("/")
     if sep and _looks_like_registry(first):
