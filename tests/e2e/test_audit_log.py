@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 from datetime import datetime
@@ -11,6 +12,7 @@ from typing import Any
 import pytest
 
 from tests.support import Catalog, RecordingProxy, fetch
+from tests.support.certs import write_htpasswd
 from tests.support.mirror_proc import MirrorProcess, mirror_config
 
 pytestmark = pytest.mark.e2e
@@ -98,3 +100,23 @@ def test_audit_to_stdout(registry_tap: RecordingProxy, catalog: Catalog, tmp_pat
         lines = wait_lines(mp.log_text, 2)
     assert [(line["result"], line["digest"]) for line in lines] == [("miss", img.digest),
                                                                    ("hit", img.digest)]
+
+
+def test_audit_names_the_authenticated_user_never_the_password(
+        registry_tap: RecordingProxy, catalog: Catalog, tmp_path: Path) -> None:
+    password = "s3cr3t-basic"
+    htpasswd = write_htpasswd(tmp_path / "htpasswd", {"alice": password})
+    audit = tmp_path / "audit.log"
+    cfg = mirror_config({"docker.io": registry_tap.url}, tmp_path / "cache",
+                        prefetch={"enabled": False}, log={"audit": str(audit)},
+                        auth={"htpasswd": str(htpasswd)})
+    basic = "Basic " + base64.b64encode(f"alice:{password}".encode()).decode()
+    url = "/v2/library/busybox/manifests/1.36"
+    with MirrorProcess(cfg, workdir=tmp_path) as mp:
+        assert fetch(mp.url + url).status == 401
+        assert fetch(mp.url + url, headers={"Authorization": basic}).status == 200
+        lines = wait_lines(audit.read_text, 2)
+        log = mp.log_text()
+    assert [(line["status"], line["user"]) for line in lines] == [(401, None), (200, "alice")]
+    text = audit.read_text()
+    assert password not in text and basic.split()[1] not in text and password not in log
