@@ -60,6 +60,7 @@ def create_app(config: Config, metrics: Metrics | None = None) -> web.Applicatio
     app.cleanup_ctx.append(stats.ctx)
     if audit is not None:
         app.cleanup_ctx.append(audit.ctx)
+        app[RELOAD].append(audit.reopen)  # SIGHUP after logrotate
     app.cleanup_ctx.append(_service_ctx)
     add_routes(app)
     add_status_routes(app)

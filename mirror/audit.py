@@ -49,6 +49,7 @@ class AuditLog:
         self._executor: ThreadPoolExecutor | None = None
         self._task: asyncio.Task[None] | None = None
         self._failed = False
+        self._reopen = False
 
     def write(self, doc: dict[str, Any]) -> None:
         line = json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
@@ -83,11 +84,30 @@ class AuditLog:
         if self._file is not None and self.target != "-":
             self._file.close()
 
+    def reopen(self) -> None:
+        """On SIGHUP (mirror/server.py RELOAD): after logrotate moved the file away, the
+        lines that follow go to a new file at the configured path."""
+        if self.target != "-":
+            self._reopen = True
+            self._wake.set()
+
+    def _reopen_sync(self) -> None:
+        new = self._open_sync()  # first: if this fails, lines keep going to the old file
+        self._close_sync()
+        self._file = new
+
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
             await self._wake.wait()
             self._wake.clear()
+            if self._reopen:
+                self._reopen = False
+                assert self._executor is not None
+                try:
+                    await loop.run_in_executor(self._executor, self._reopen_sync)
+                except OSError as e:
+                    log.error("cannot reopen the audit log %s: %s", self.target, e)
             await self._flush(loop)
 
     async def _flush(self, loop: asyncio.AbstractEventLoop) -> None:

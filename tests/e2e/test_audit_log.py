@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import signal
 import time
 from datetime import datetime
 from pathlib import Path
@@ -120,3 +121,26 @@ def test_audit_names_the_authenticated_user_never_the_password(
     assert [(line["status"], line["user"]) for line in lines] == [(401, None), (200, "alice")]
     text = audit.read_text()
     assert password not in text and basic.split()[1] not in text and password not in log
+
+
+def test_audit_file_reopened_on_sighup_after_logrotate(
+        registry_tap: RecordingProxy, catalog: Catalog, tmp_path: Path) -> None:
+    audit = tmp_path / "audit.log"
+    cfg = mirror_config({"docker.io": registry_tap.url}, tmp_path / "cache",
+                        prefetch={"enabled": False}, log={"audit": str(audit)})
+    url = "/v2/library/alpine-ish/manifests/3.19"
+    with MirrorProcess(cfg, workdir=tmp_path) as mp:
+        assert fetch(mp.url + url).status == 200
+        assert len(wait_lines(audit.read_text, 1)) == 1
+        rotated = audit.rename(tmp_path / "audit.log.1")  # what logrotate does
+        assert mp.proc is not None
+        mp.proc.send_signal(signal.SIGHUP)
+        lines: list[dict[str, Any]] = []
+        deadline = time.monotonic() + 10
+        while not lines and time.monotonic() < deadline:
+            # Until the reopen is done, a line may still land in the rotated file.
+            assert fetch(mp.url + url).status == 200
+            lines = wait_lines(lambda: audit.read_text() if audit.exists() else "", 0)
+            time.sleep(0.05)
+    assert lines and lines[-1]["result"] == "hit"
+    assert json.loads(rotated.read_text().splitlines()[0])["result"] == "miss"
