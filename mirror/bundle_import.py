@@ -367,6 +367,12 @@ async def import_layout(source: Path, tier: DiskTier, tags: TagIndex, aliases: M
                               f"cache.max_size")
         report = ImportReport()
         report.notes += [f"ignored {n}" for n in staged.ignored]
+        if tier.used + new_bytes > tier.high:
+            # On an offline site evicted content never comes back: say so before it happens.
+            report.notes.append(
+                f"the cache will pass its budget ({tier.used + new_bytes} of {tier.max_size} "
+                f"bytes, cache.max_size): least recently used content is evicted to make room; "
+                f"an offline site should raise cache.max_size")
         await commit(staged, plan, tier, tags, report)
     finally:
         staged.discard()  # whatever was not moved into place
