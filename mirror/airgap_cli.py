@@ -20,6 +20,7 @@ from mirror.router import alias_table
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130  # like a shell after SIGINT
 
 Loader = Callable[[str | None], Config]
 SubParsers = Any  # argparse's _SubParsersAction is private
@@ -151,6 +152,11 @@ def cmd_seed(args: argparse.Namespace, config: Config) -> int:
     t0 = time.monotonic()
     try:
         summary = asyncio.run(_seed(config, args.url, refs, options, reporter))
+    except KeyboardInterrupt:
+        reporter.close()
+        _fail("seed interrupted; run the same command again to resume (cached content is "
+              "skipped)")
+        return EXIT_INTERRUPTED
     finally:
         reporter.close()
     for line in summary_lines(summary, time.monotonic() - t0):
@@ -250,6 +256,9 @@ def cmd_import(args: argparse.Namespace, config: Config) -> int:
     t0 = time.monotonic()
     try:
         report = asyncio.run(_import(config, Path(args.bundle), args.repo))
+    except KeyboardInterrupt:
+        _fail("import interrupted: nothing was imported (staged files go at the next start)")
+        return EXIT_INTERRUPTED
     except BundleError as e:
         _fail(f"import refused: {e}")
         return EXIT_FAILED
