@@ -237,3 +237,35 @@ async def test_failed_uploads_are_retried(tmp_path: Path, hot_db: tuple[DiskTier
     assert await tiers.uploads.drain(30)
     assert await cold.stat(d) == len(data)
     await tiers.close()
+
+
+async def test_disk_tier_rebuilds_accounting_from_disk(tmp_path: Path) -> None:
+    """After a crash or a lost index, start-up counts what is really on disk: files removed
+    behind its back are forgotten, files it never recorded are adopted, temp files swept."""
+    root = tmp_path / "hot"
+    db = Database(root / "index.db")
+    tier = DiskTier(root, db, 1 << 40, Metrics())
+    tier.open_sync()
+    await db.start()
+    blobs = [blob(tmp_path, 1000 * (i + 1), f"acct{i}") for i in range(3)]
+    for d, path, _ in blobs:
+        await tier.put_file(d, path)
+    assert tier.used == 6000
+    await db.close()
+
+    tier.path(blobs[0][0]).unlink()  # deleted while the mirror was stopped
+    (root / "index.db").unlink()  # and the index lost as well
+    for extra in root.glob("index.db-*"):
+        extra.unlink()
+    (root / "tmp" / "half-done").write_bytes(b"x" * 500)
+
+    db = Database(root / "index.db")
+    metrics = Metrics()
+    tier = DiskTier(root, db, 1 << 40, metrics)
+    tier.open_sync()
+    assert tier.used == 5000
+    assert {str(d) async for d, _ in tier.list()} == {str(blobs[1][0]), str(blobs[2][0])}
+    assert list((root / "tmp").iterdir()) == []
+    assert metrics.cache_bytes.labels("hot")._value.get() == 5000
+    assert db.query("SELECT COUNT(*) FROM content") == [(2,)]
+    db.close_sync()

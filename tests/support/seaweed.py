@@ -108,16 +108,16 @@ class SeaweedS3:
             return False
 
     def create_bucket(self, name: str) -> None:
-        """Create a bucket through the S3 API (signed PUT /<bucket>), waiting until it works."""
-        from obstore.store import S3Store
-
+        """Create a bucket through the S3 API, waiting until it works. (`weed shell`'s
+        s3.bucket.create hangs here without a TTY; weed creates a bucket on the first signed
+        write by an admin identity instead, -s3.autoCreateBucket is on by default.)"""
         import obstore
+        from obstore.store import S3Store
 
         store = S3Store(name, **self.s3_options())
         deadline = time.monotonic() + 30
         while True:
-            # weed creates the bucket on the first signed write by an admin identity; writing
-            # and deleting a marker proves the bucket, the filer and a volume are all writable.
+            # Writing and deleting a marker proves the bucket, the filer and a volume work.
             try:
                 obstore.put(store, ".mirror-bucket-probe", b"ok")
                 obstore.delete(store, ".mirror-bucket-probe")
@@ -167,6 +167,10 @@ class SeaweedS3:
                 except ProcessLookupError:
                     pass
                 proc.wait(10)
+        # weed also listens on unix sockets named after its gRPC ports, outside our directory.
+        for port in self.ports.values():
+            for sock in Path(tempfile.gettempdir()).glob(f"seaweedfs-*-{port}.sock"):
+                sock.unlink(missing_ok=True)
         if self._own_dir:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
