@@ -367,17 +367,33 @@ def _object_store(reader: _Reader, raw: Any) -> ObjectStoreConfig | None:
             reader.problem(f"{path}.secret_access_key_env", f"environment variable {secret_env} is not set")
         else:
             secret = Secret(reader.env[secret_env])
+    access_key_id = reader.get(sec, "access_key_id", f"{path}.access_key_id", str, None)
+    if bool(access_key_id) != bool(secret_env):
+        reader.problem(f"{path}.access_key_id", "give access_key_id and secret_access_key_env "
+                       "together (or neither: then the store's standard environment variables)")
+    max_age = reader.convert(sec, "max_age", f"{path}.max_age", parse_duration, None)
+    if max_age is not None and max_age <= 0:
+        reader.problem(f"{path}.max_age", "must be longer than 0 (leave it out to keep cold "
+                       "objects forever)")
+    concurrency = reader.get(sec, "upload_concurrency", f"{path}.upload_concurrency", int, 4)
+    if concurrency < 1:
+        reader.problem(f"{path}.upload_concurrency", "must be at least 1")
+    if url is not None and url.startswith("file:"):
+        u = urlsplit(url)
+        if u.netloc not in ("", "localhost") or not u.path.startswith("/"):
+            reader.problem(f"{path}.url", "a local directory is written file:///absolute/path")
+            url = None
     if url is None:
         return None
     return ObjectStoreConfig(
         url=url,
         endpoint=endpoint,
         region=reader.get(sec, "region", f"{path}.region", str, None),
-        access_key_id=reader.get(sec, "access_key_id", f"{path}.access_key_id", str, None),
+        access_key_id=access_key_id,
         secret_access_key=secret,
         allow_http=reader.get(sec, "allow_http", f"{path}.allow_http", bool, True),
-        max_age=reader.convert(sec, "max_age", f"{path}.max_age", parse_duration, None),
-        upload_concurrency=reader.get(sec, "upload_concurrency", f"{path}.upload_concurrency", int, 4),
+        max_age=max_age,
+        upload_concurrency=max(concurrency, 1),
     )
 
 

@@ -66,9 +66,12 @@ class Uploader:
         self._idle = asyncio.Event()
         rows = self.db.query("SELECT digest, kind FROM pending_uploads ORDER BY queued_at")
         for key, kind in rows:
-            self._add(str(key), str(kind), persist=False)
+            if str(key) not in self._jobs:
+                self._jobs[str(key)] = Job(str(key), str(kind))
         if rows:
             log.info("resuming %d pending uploads to the cold tier", len(rows))
+        for key in list(self._jobs):  # also what was queued before start()
+            self._enqueue(key)
         self._update_idle()
         self._workers = [asyncio.create_task(self._work(), name=f"cold-upload-{i}")
                          for i in range(self.concurrency)]
