@@ -175,9 +175,7 @@ class BlobFetcher:
             finally:
                 gauge.dec()
                 sem.release()
-            await self.tier.commit(fetch.temp)
-            if self.tiers is not None:
-                self.tiers.queue_blob(digest)
+            await self.tier.commit(fetch.temp)  # also queues the copy to the cold tier
             fetch.finish()
         except VerificationError as e:
             if up == "cold" and self.tiers is not None:

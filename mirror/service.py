@@ -278,8 +278,6 @@ class PullService:
             except OSError:
                 self.metrics.cache_write_errors.labels(self.tier.name).inc()  # disk full, I/O
                 raise
-            if self.tiers is not None:
-                self.tiers.queue_manifest(digest)
         self._manifests[str(digest)] = m
         return m
 

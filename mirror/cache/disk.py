@@ -97,6 +97,9 @@ class DiskTier:
         # upload to the cold tier first, so evicted content can always come back from there.
         self.evict_guard: Callable[[Digest], Awaitable[None]] | None = None
         self.touch_hooks: list[Callable[[Digest], None]] = []  # told on every access
+        # Told after every write, whichever path it took (fetch, manifest, promotion, import):
+        # (digest, is_manifest). The tiered cache queues the copy to the cold tier here.
+        self.commit_hooks: list[Callable[[Digest, bool], None]] = []
         metrics.cache_budget.labels(self.name).set(max_size)
 
     # -- start-up ---------------------------------------------------------------------------
@@ -221,6 +224,8 @@ class DiskTier:
                        "last_access, stored_at) VALUES (?, ?, ?, ?, ?, ?)",
                        (key, size, media_type, int(is_manifest), now, now))
         self._publish()
+        for hook in self.commit_hooks:
+            hook(digest, is_manifest)
 
     def _write_bytes_sync(self, digest: Digest, data: bytes) -> None:
         temp = self.new_temp(digest, len(data))

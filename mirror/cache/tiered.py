@@ -72,6 +72,7 @@ class TieredStore:
         self._tasks: set[asyncio.Task[None]] = set()
         self._periodic: asyncio.Task[None] | None = None
         hot.evict_guard = self._guard
+        hot.commit_hooks.append(self._committed)
         if max_age is not None:
             hot.touch_hooks.append(self._touched)
 
@@ -117,6 +118,14 @@ class TieredStore:
 
     def queue_tag(self, upstream: str, repo: str, tag: str) -> None:
         self.uploads.queue_tag(upstream, repo, tag)
+
+    def _committed(self, digest: Digest, is_manifest: bool) -> None:
+        # Everything the hot tier takes in is copied; content that came from the cold tier
+        # costs one HEAD there ("present") and no upload.
+        if is_manifest:
+            self.queue_manifest(digest)
+        else:
+            self.queue_blob(digest)
 
     def _uploaded(self, kind: str, nbytes: int) -> None:
         if kind == "tag":
@@ -266,8 +275,7 @@ class TieredStore:
             self.hot.unpin(digest)
 
     async def put_file(self, digest: Digest, path: Path) -> None:
-        await self.hot.put_file(digest, path)
-        self.queue_blob(digest)
+        await self.hot.put_file(digest, path)  # queued for the cold tier by _committed
 
     async def delete(self, digest: Digest) -> bool:
         hot = await self.hot.delete(digest)

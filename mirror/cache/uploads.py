@@ -77,12 +77,15 @@ class Uploader:
                          for i in range(self.concurrency)]
 
     async def close(self) -> None:
+        """Stop copying; what is unfinished stays in pending_uploads for the next start."""
+        running: list[asyncio.Future[Any]] = [
+            j.running for j in self._jobs.values() if j.running is not None]
         for job in self._jobs.values():
             if job.retry is not None:
                 job.retry.cancel()
-        for w in self._workers:
-            w.cancel()
-        await asyncio.gather(*self._workers, return_exceptions=True)
+        for fut in [*self._workers, *running]:
+            fut.cancel()
+        await asyncio.gather(*self._workers, *running, return_exceptions=True)
         self._workers = []
 
     # -- queueing -------------------------------------------------------------------------------
