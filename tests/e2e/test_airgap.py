@@ -11,6 +11,7 @@ bundle with one flipped byte is refused, naming the blob, and nothing of it is s
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import shutil
 import subprocess
@@ -318,3 +319,40 @@ def test_import_accepts_a_skopeo_layout_directory(sites: Sites, tmp_path: Path) 
                 assert "sha256:" + hashlib.sha256(resp.read()).hexdigest() == b.digest
     finally:
         proc.stop()
+
+
+def test_offline_serves_imported_tags_of_any_age(sites: Sites, tmp_path: Path) -> None:
+    """A bundle whose tags were confirmed long ago: offline serves them anyway. The same cache
+    online, with its upstream unreachable and tags past cache.max_stale, does not."""
+    old = tmp_path / "old.tar"
+    with tarfile.open(sites.bundle) as src, tarfile.open(old, "w", format=tarfile.PAX_FORMAT) as dst:
+        for member in src:
+            data = src.extractfile(member) if member.isfile() else None
+            if member.name == "index.json":
+                assert data is not None
+                index = json.load(data)
+                for m in index["manifests"]:
+                    m["annotations"]["io.github.mirror.tag.checked-at"] = "2001-01-01T00:00:00Z"
+                body = json.dumps(index).encode()
+                member.size = len(body)
+                dst.addfile(member, io.BytesIO(body))
+            else:
+                dst.addfile(member, data)
+    cfg = offline_config(tmp_path / "cache", sites.dead_port)
+    cfg["cache"].update({"tag_ttl": "1s", "max_stale": "1s"})
+    path = write_config(tmp_path / "mirror.yaml", cfg)
+    r = mirror_cli("import", "-c", str(path), str(old), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    want = sites.catalog["library/multiarch:latest"].digest
+    accept = {"Accept": "application/vnd.oci.image.index.v1+json"}
+    with MirrorProcess(cfg, workdir=tmp_path) as proc:
+        req = urllib.request.Request(f"{proc.url}/v2/library/multiarch/manifests/latest",
+                                     headers=accept)
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            assert resp.headers["Docker-Content-Digest"] == want
+    with MirrorProcess({**cfg, "offline": False}, workdir=tmp_path) as proc:
+        req = urllib.request.Request(f"{proc.url}/v2/library/multiarch/manifests/latest",
+                                     headers=accept)
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(req, timeout=30)
+        assert e.value.code >= 500  # expired and unconfirmable: online it is not served
