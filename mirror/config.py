@@ -694,6 +694,9 @@ def parse_config(raw: Any, env: Mapping[str, str] | None = None, base: Path | No
     if fmt not in ("text", "json"):
         reader.problem("log.format", "must be text or json")
     audit = reader.get(lg, "audit", "log.audit", str, None)
+    if audit not in (None, "-") and not reader.path(audit).parent.is_dir():
+        reader.problem("log.audit", f"directory {reader.path(audit).parent} does not exist "
+                                    "(or use - for stdout)")
     config = Config(
         listen_host=host,
         listen_port=port,

@@ -156,3 +156,16 @@ async def test_audit_writer_never_blocks_the_loop_on_a_stalled_sink(tmp_path: Pa
     seqs = [json.loads(line)["seq"] for line in lines]
     assert len(seqs) == written - dropped
     assert seqs == sorted(seqs) and seqs[0] == 0
+
+
+def test_audit_directory_is_checked_with_the_config(tmp_path: Path) -> None:
+    from mirror.config import parse_config
+    from mirror.errors import ConfigError
+
+    base = {"upstreams": {"docker.io": {"url": "http://127.0.0.1:9"}}}
+    with pytest.raises(ConfigError) as e:
+        parse_config({**base, "log": {"audit": str(tmp_path / "missing" / "a.log")}}, env={})
+    assert [p for p in e.value.problems if p.startswith("log.audit:")]
+    ok = parse_config({**base, "log": {"audit": "audit.log"}}, env={}, base=tmp_path)
+    assert ok.log.audit == str(tmp_path / "audit.log")
+    assert parse_config({**base, "log": {"audit": "-"}}, env={}).log.audit == "-"
