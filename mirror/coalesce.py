@@ -98,29 +98,40 @@ class BlobFetch:
 
     def open_reader(self) -> int:
         """A private descriptor on the temp file. Taken synchronously while the fetch still
-        holds the file open, so a later rename or unlink cannot take the bytes away."""
+        holds the file open, so a later rename or unlink cannot take the bytes away. Opened
+        through /proc rather than dup(): a dup shares the file position with the writer."""
+        fd = os.open(f"/proc/self/fd/{self.temp.fd}", os.O_RDONLY)
         self.readers += 1
-        return os.dup(self.temp.fd)
+        return fd
+
+    async def windows(self, start: int, end: int) -> AsyncIterator[tuple[int, int]]:
+        """(offset, count) windows of [start, end] as their bytes land in the temp file.
+        Raises the fetch's error if it fails. Byte `end` is held back until the digest is
+        verified, so no response can complete with unverified content."""
+        pos = start
+        while pos <= end:
+            if self.error is not None:
+                raise self.error
+            limit = end + 1 if self.done else min(self.available, end)
+            if pos < limit:
+                yield pos, limit - pos
+                pos = limit
+                continue
+            await self.changed()
 
     async def stream(self, fd: int, start: int, end: int) -> AsyncIterator[bytes]:
-        """Bytes [start, end] as they arrive. Raises the fetch's error if it fails."""
+        """Bytes [start, end] as they arrive (for transports without sendfile)."""
         loop = asyncio.get_running_loop()
-        pos = start
         try:
-            while pos <= end:
-                if self.error is not None:
-                    raise self.error
-                # Hold back byte `end` until the digest is verified.
-                limit = end + 1 if self.done else min(self.available, end)
-                if pos < limit:
-                    n = min(READ_CHUNK, limit - pos)
-                    chunk = await loop.run_in_executor(None, os.pread, fd, n, pos)
-                    if not chunk:  # cannot happen for a verified file; never spin
+            async for offset, count in self.windows(start, end):
+                pos, stop = offset, offset + count
+                while pos < stop:
+                    chunk = await loop.run_in_executor(None, os.pread, fd,
+                                                       min(READ_CHUNK, stop - pos), pos)
+                    if not chunk:  # cannot happen for bytes already written; never spin
                         raise OSError("temp file shorter than reported")
                     pos += len(chunk)
                     yield chunk
-                    continue
-                await self.changed()
         finally:
             self.close_reader(fd)
 

@@ -37,7 +37,10 @@ class SendfileResponse(web.StreamResponse):
             loop = asyncio.get_running_loop()
             assert self.content_length is not None
             try:
-                await loop.sendfile(transport, self._fobj, self._offset, self.content_length)
+                n = await loop.sendfile(transport, self._fobj, self._offset, self.content_length)
+                if n != self.content_length:
+                    transport.abort()  # a short body must look broken, not complete
+                    return writer
             except NotImplementedError:  # e.g. TLS transports: plain copies, one chunk at a time
                 pos, end = self._offset, self._offset + self.content_length
                 while pos < end:
@@ -59,22 +62,38 @@ def open_for_sendfile(path: Path) -> IO[bytes]:
 
 async def stream_fetch(request: web.Request, resp: web.StreamResponse, fetch: BlobFetch, fd: int,
                        start: int, end: int) -> int:
-    """Send bytes [start, end] of a download in progress; returns bytes sent. If the download
-    fails, the connection is cut: the client must see a broken transfer, not a clean end."""
+    """Send bytes [start, end] of a download in progress; returns bytes sent.
+
+    Bytes already in the temp file go out with sendfile (no copy through Python), so twenty
+    readers of one download cost little more CPU than one. If the download fails, the
+    connection is cut: the client must see a broken transfer, never a clean end."""
     sent = 0
-    chunks = fetch.stream(fd, start, end)  # owns fd from its first step on
+    loop = asyncio.get_running_loop()
+    fobj = open(fd, "rb", closefd=False)  # noqa: SIM115 - fd closed by close_reader below
     try:
         await resp.prepare(request)
-    except BaseException:
-        fetch.close_reader(fd)
-        raise
-    try:
-        async for chunk in chunks:
-            await resp.write(chunk)
-            sent += len(chunk)
+        transport = request.transport
+        if transport is None:
+            raise ConnectionResetError("client went away")
+        async for offset, count in fetch.windows(start, end):
+            try:
+                n = await loop.sendfile(transport, fobj, offset, count)
+                if n != count:  # the file was shorter than we believed: never pretend
+                    raise ConnectionResetError(f"sent {n} of {count} bytes")
+            except NotImplementedError:  # TLS: copy through Python instead
+                pos, stop = offset, offset + count
+                while pos < stop:
+                    chunk = await loop.run_in_executor(None, os.pread, fd,
+                                                       min(1 << 20, stop - pos), pos)
+                    await resp.write(chunk)
+                    pos += len(chunk)
+            sent += count
     except BaseException:
         if request.transport is not None:
             request.transport.abort()
         raise
+    finally:
+        fobj.close()
+        fetch.close_reader(fd)
     await resp.write_eof()
     return sent

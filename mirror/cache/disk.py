@@ -50,10 +50,13 @@ class TempBlob:
         self.closed = False
 
     def write_sync(self, data: bytes) -> None:
+        # pwrite at our own offset: readers share this file and must never move our position.
         view = memoryview(data)
+        pos = self.written
         while view:
-            n = os.write(self.fd, view)
+            n = os.pwrite(self.fd, view, pos)
             view = view[n:]
+            pos += n
         self._hasher.update(data)  # hashlib releases the GIL on large buffers
         self.written += len(data)
 

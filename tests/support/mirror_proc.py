@@ -45,6 +45,7 @@ class MirrorProcess:
         self, config: dict[str, Any], workdir: Path | None = None, env: dict[str, str] | None = None
     ) -> None:
         self.workdir = workdir or Path(tempfile.mkdtemp(prefix="mirror-proc-"))
+        self.workdir.mkdir(parents=True, exist_ok=True)
         self.config = dict(config)
         self.env = env or {}
         self.port = 0
