@@ -21,9 +21,10 @@ def usage_bar(ratio: float | None, label: str) -> str:
 
 def traffic_chart(points: Sequence[dict[str, float]], slots: int = 60) -> str:
     """Bytes served (from cache or upstream) and fetched from upstreams, one pair of bars per
-    minute over the last hour, newest on the right."""
-    # Drawn at about the size it is shown, so the axis text keeps its CSS size.
-    width, height, pad = 1160, 150, 20
+    minute over the last hour, newest on the right. The SVG holds only shapes and stretches to
+    any width (preserveAspectRatio none); the labels are HTML around it, so they keep their
+    size on a phone and on a wide screen alike."""
+    width, height = 600, 100  # user units; the CSS decides the size on screen
     recent = list(points)[-slots:]
     top = max([max(p["served_bytes"], p["fetched_bytes"]) for p in recent] + [1.0])
     step = width / slots
@@ -35,22 +36,21 @@ def traffic_chart(points: Sequence[dict[str, float]], slots: int = 60) -> str:
                f"fetched {fmt_bytes(p['fetched_bytes'])}")
         bars.append(f'<g><title>{escape(tip)}</title>')
         for cls, key, dx in (("served", "served_bytes", 0.12), ("fetched", "fetched_bytes", 0.5)):
-            h = (height - pad) * p[key] / top
+            h = height * p[key] / top
             if h > 0:
-                bars.append(f'<rect class="{cls}" x="{x + step * dx:.1f}" y="{height - pad - h:.1f}" '
-                            f'width="{step * 0.38:.1f}" height="{max(h, 1.0):.1f}"/>')
+                h = max(h, 0.8)
+                bars.append(f'<rect class="{cls}" x="{x + step * dx:.2f}" y="{height - h:.2f}" '
+                            f'width="{step * 0.38:.2f}" height="{h:.2f}"/>')
         bars.append("</g>")
-    grid = "".join(
-        f'<line class="gridline" x1="0" x2="{width}" y1="{(height - pad) * f:.1f}" '
-        f'y2="{(height - pad) * f:.1f}"/>' for f in (0.0, 0.5))
-    axis = (f'<line class="axis" x1="0" x2="{width}" y1="{height - pad}" y2="{height - pad}"/>'
-            f'<text x="0" y="{height - 4}">-60 min</text>'
-            f'<text x="{width / 2}" y="{height - 4}" text-anchor="middle">-30 min</text>'
-            f'<text x="{width}" y="{height - 4}" text-anchor="end">now</text>'
-            f'<text x="4" y="12">{escape(fmt_bytes(top))}/min</text>')
+    lines = "".join(
+        f'<line class="{cls}" x1="0" x2="{width}" y1="{y}" y2="{y}"/>'
+        for cls, y in (("gridline", 0.5), ("gridline", height / 2), ("axis", height - 0.5)))
     empty = ("" if any(p["served_bytes"] or p["fetched_bytes"] for p in recent) else
-             f'<text class="empty" x="{width / 2}" y="{(height - pad) / 2}" '
-             f'text-anchor="middle">no traffic yet</text>')
-    return (f'<svg class="chart" viewBox="0 0 {width} {height}" role="img" '
-            f'aria-label="bytes served and fetched per minute, last hour">'
-            f'{grid}{"".join(bars)}{axis}{empty}</svg>')
+             '<p class="chart-empty">no traffic yet</p>')
+    return (f'<div class="chart-box"><span class="chart-top">{escape(fmt_bytes(top))}/min</span>'
+            f'{empty}<svg class="chart" viewBox="0 0 {width} {height}" '
+            f'preserveAspectRatio="none" role="img" '
+            f'aria-label="bytes served and fetched per minute, last hour">{lines}'
+            f'{"".join(bars)}</svg></div>'
+            '<div class="chart-axis"><span>-60 min</span><span>-30 min</span><span>now</span>'
+            '</div>')
