@@ -13,7 +13,7 @@ import shutil
 import socket
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -22,7 +22,7 @@ from typing import Any
 from mirror.clientconf import client_files, write_files
 from mirror.config import parse_config
 
-from .images import Catalog
+from .images import Catalog, PushedImage
 from .mirror_proc import MirrorProcess, mirror_config
 from .tap import RecordingProxy
 
@@ -62,15 +62,29 @@ class PassFigures:
         return asdict(self)
 
 
+@dataclass
+class SecondRegistry:
+    """A second real registry, named ghcr.io in the mirror's config: library/busybox pushed
+    with a salt, so the same name has other digests than on the docker.io upstream."""
+
+    url: str
+    images: dict[str, PushedImage]
+
+
 class E2EMirror:
     """A mirror process with a fresh cache, a tap on each side, and generated client files."""
 
-    def __init__(self, catalog: Catalog, workdir: Path, dead_port: int) -> None:
+    def __init__(self, catalog: Catalog, workdir: Path, dead_port: int,
+                 more_upstreams: Mapping[str, str] | None = None) -> None:
         self.catalog = catalog
         self.workdir = workdir
         self.dead_port = dead_port
-        self.upstream_tap = RecordingProxy(catalog.registry_url, name="upstream-tap")
-        raw = mirror_config({"docker.io": self.upstream_tap.url}, workdir / "cache")
+        # a tap in front of every upstream registry: docker.io's is `upstream_tap`
+        self.upstream_taps = {name: RecordingProxy(url, name=f"upstream-tap-{name}")
+                              for name, url in {"docker.io": catalog.registry_url,
+                                                **(more_upstreams or {})}.items()}
+        self.upstream_tap = self.upstream_taps["docker.io"]
+        raw = mirror_config({n: t.url for n, t in self.upstream_taps.items()}, workdir / "cache")
         self.proc = MirrorProcess(raw, workdir=workdir)
         self.config = parse_config(raw, env={}, base=workdir)
         self.client_tap: RecordingProxy | None = None
@@ -84,7 +98,8 @@ class E2EMirror:
         if self.client_tap is not None:
             self.client_tap.stop()
         self.proc.stop()
-        self.upstream_tap.stop()
+        for tap in self.upstream_taps.values():
+            tap.stop()
 
     @property
     def tap(self) -> RecordingProxy:
@@ -111,21 +126,24 @@ class E2EMirror:
         return files
 
     def measure(self, client: str, image: str, phase: str, pull: Callable[[], None]) -> PassFigures:
-        self.tap.clear()
-        self.upstream_tap.clear()
+        taps = list(self.upstream_taps.values())
+        for tap in (self.tap, *taps):
+            tap.clear()
         t0 = time.monotonic()
         pull()
         seconds = time.monotonic() - t0
-        self.tap.wait_idle(30)
-        self.upstream_tap.wait_idle(30)
+        for tap in (self.tap, *taps):
+            tap.wait_idle(30)
         return PassFigures(client, image, phase, round(seconds, 2), self.tap.count(),
-                           self.upstream_tap.count(), self.upstream_tap.bytes_sent())
+                           sum(t.count() for t in taps), sum(t.bytes_sent() for t in taps))
 
 
 @contextmanager
-def e2e_mirror(catalog: Catalog, dead_port: int) -> Iterator[E2EMirror]:
+def e2e_mirror(catalog: Catalog, dead_port: int,
+               more_upstreams: Mapping[str, str] | None = None) -> Iterator[E2EMirror]:
+    """A mirror for docker.io (the session registry) and, optionally, more registries."""
     workdir = Path(tempfile.mkdtemp(prefix="mirror-e2e-"))
-    m = E2EMirror(catalog, workdir, dead_port)
+    m = E2EMirror(catalog, workdir, dead_port, more_upstreams)
     try:
         yield m.start()
     finally:

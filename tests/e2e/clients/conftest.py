@@ -9,7 +9,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.support.clientrun import PassFigures, dead_loopback_port
+from tests.support import ARM64, ImagePusher, RegistryProcess
+from tests.support.clientrun import PassFigures, SecondRegistry, dead_loopback_port
+from tests.support.images import busybox_layer, synthetic_layer
 from tests.support.netjail import can_unshare_net
 
 FIGURES = pytest.StashKey[list[PassFigures]]()
@@ -31,6 +33,19 @@ def netns_ok() -> None:
 
 
 @pytest.fixture(scope="session")
+def second_registry() -> Iterator[SecondRegistry]:
+    """A second real registry, named ghcr.io in the e2e mirrors' config."""
+    with RegistryProcess() as reg:
+        p = ImagePusher(reg.url, salt="e2e-ghcr")
+        bb, _ = busybox_layer()
+        amd = p.push_image("library/busybox", "1.36", [bb])
+        arm = p.push_image("library/busybox", None, [synthetic_layer("busybox-arm64", 64)], ARM64)
+        yield SecondRegistry(reg.url, {
+            "library/busybox:1.36": amd,
+            "library/busybox:latest": p.push_index("library/busybox", "latest", [amd, arm])})
+
+
+@pytest.fixture(scope="session")
 def figures(pytestconfig: pytest.Config) -> list[PassFigures]:
     return pytestconfig.stash.setdefault(FIGURES, [])
 
@@ -42,10 +57,10 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter,
         return
     tr = terminalreporter
     tr.section("real clients through the mirror")
-    tr.write_line(f"{'client':<16} {'image':<28} {'pass':<5} {'seconds':>7} {'client req':>10} "
+    tr.write_line(f"{'client':<22} {'image':<30} {'pass':<5} {'seconds':>7} {'client req':>10} "
                   f"{'upstream req':>12} {'upstream bytes':>14}")
     for f in rows:
-        tr.write_line(f"{f.client:<16} {f.image:<28} {f.phase:<5} {f.seconds:>7.2f} "
+        tr.write_line(f"{f.client:<22} {f.image:<30} {f.phase:<5} {f.seconds:>7.2f} "
                       f"{f.client_requests:>10} {f.upstream_requests:>12} {f.upstream_bytes:>14}")
     out = os.environ.get("MIRROR_E2E_FIGURES")
     if out:

@@ -21,14 +21,22 @@ from pathlib import Path
 import pytest
 
 from tests.support import Catalog
-from tests.support.clientrun import E2EMirror, PassFigures, e2e_mirror, need_tools
+from tests.support.clientrun import (
+    E2EMirror,
+    PassFigures,
+    SecondRegistry,
+    e2e_mirror,
+    need_tools,
+)
 from tests.support.daemons import Containerd
 from tests.support.netjail import NetJail
 
 pytestmark = pytest.mark.e2e
 
 IMAGES = ["library/busybox:latest", "library/multiarch:latest", "library/alpine-ish:3.19",
-          "org/team/app:1.0"]
+          "org/team/app:1.0", "library/big:latest"]
+PARAMS = [pytest.param(r, marks=pytest.mark.slow) if r == "library/big:latest" else r
+          for r in IMAGES]  # big: MIRROR_TEST_BIG_MB (64) MiB of incompressible layer
 
 
 @dataclass
@@ -49,13 +57,13 @@ class Ctr:
 
 
 @pytest.fixture(scope="module")
-def ctr(catalog: Catalog, dead_port: int, netns_ok: None,
+def ctr(catalog: Catalog, dead_port: int, netns_ok: None, second_registry: SecondRegistry,
         tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ctr]:
     need_tools("containerd", "ctr", "runc")
     daemon = Containerd(tmp_path_factory.mktemp("containerd"))
     daemon.start()
     try:
-        with e2e_mirror(catalog, dead_port) as mirror:
+        with e2e_mirror(catalog, dead_port, {"ghcr.io": second_registry.url}) as mirror:
             conf = daemon.root / "clients"
             files = mirror.client_config(conf)
             assert f'server = "http://{mirror.dead}"' in files["certs.d/docker.io/hosts.toml"]
@@ -77,7 +85,7 @@ def listed_digest(ctr: Ctr, namespace: str, image: str) -> str:
     raise AssertionError(f"{image} not in ctr images ls:\n{out}")
 
 
-@pytest.mark.parametrize("ref", IMAGES)
+@pytest.mark.parametrize("ref", PARAMS)
 def test_ctr_pull_cold_then_warm(ctr: Ctr, ref: str, catalog: Catalog, tmp_path: Path,
                                  figures: list[PassFigures]) -> None:
     want = catalog[ref].digest
@@ -109,3 +117,24 @@ def test_ctr_pull_cold_then_warm(ctr: Ctr, ref: str, catalog: Catalog, tmp_path:
                                  namespace=ns)
             assert run.stdout.strip() == "ctr-run-ok"
 
+
+
+def test_ctr_pulls_another_registry_through_the_same_mirror(
+        ctr: Ctr, second_registry: SecondRegistry, catalog: Catalog, tmp_path: Path,
+        figures: list[PassFigures]) -> None:
+    # ghcr.io/library/busybox has other digests than docker.io's: the generated
+    # certs.d/ghcr.io/hosts.toml and ?ns=ghcr.io bring the right one.
+    image = "ghcr.io/library/busybox:latest"
+    want = second_registry.images["library/busybox:latest"].digest
+    assert want != catalog["library/busybox:latest"].digest
+    f = ctr.mirror.measure("containerd (ctr)", image, "cold",
+                           partial(ctr.pull, "ghcr", image, tmp_path / "ghcr.log"))
+    figures.append(f)
+    assert listed_digest(ctr, "ghcr", image) == want
+    assert "complete" in ctr.daemon.ctr("images", "check", f"name=={image}",
+                                        namespace="ghcr").stdout
+    requests = ctr.mirror.tap.requests
+    assert requests and all(r.query == "ns=ghcr.io" for r in requests), ctr.mirror.tap.describe()
+    assert "trying next host" not in (tmp_path / "ghcr.log").read_text()
+    assert ctr.mirror.upstream_tap.requests == []  # docker.io's registry was not asked
+    assert ctr.mirror.upstream_taps["ghcr.io"].count(kind="manifest") > 0

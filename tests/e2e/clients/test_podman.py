@@ -26,6 +26,7 @@ from tests.support import Catalog
 from tests.support.clientrun import (
     E2EMirror,
     PassFigures,
+    SecondRegistry,
     assert_only_mirror_contacted,
     e2e_mirror,
     need_tools,
@@ -36,7 +37,9 @@ from tests.support.netjail import NetJail
 pytestmark = pytest.mark.e2e
 
 IMAGES = ["library/busybox:latest", "library/multiarch:latest", "library/alpine-ish:3.19",
-          "org/team/app:1.0"]
+          "org/team/app:1.0", "library/big:latest"]
+PARAMS = [pytest.param(r, marks=pytest.mark.slow) if r == "library/big:latest" else r
+          for r in IMAGES]  # big: MIRROR_TEST_BIG_MB (64) MiB of incompressible layer
 
 
 @dataclass
@@ -70,11 +73,11 @@ class Podman:
 
 
 @pytest.fixture(scope="module")
-def podman(catalog: Catalog, dead_port: int, netns_ok: None,
+def podman(catalog: Catalog, dead_port: int, netns_ok: None, second_registry: SecondRegistry,
            tmp_path_factory: pytest.TempPathFactory) -> Iterator[Podman]:
     need_tools("podman", "runc")
     base = tmp_path_factory.mktemp("podman")
-    with e2e_mirror(catalog, dead_port) as mirror:
+    with e2e_mirror(catalog, dead_port, {"ghcr.io": second_registry.url}) as mirror:
         conf = base / "clients"
         mirror.client_config(conf)
         # No systemd or journald here: file events, cgroupfs, k8s-file logs, private tmp.
@@ -100,7 +103,7 @@ def podman(catalog: Catalog, dead_port: int, netns_ok: None,
             shutil.rmtree(short, ignore_errors=True)
 
 
-@pytest.mark.parametrize("ref", IMAGES)
+@pytest.mark.parametrize("ref", PARAMS)
 def test_podman_pull_cold_then_warm(podman: Podman, ref: str, catalog: Catalog, tmp_path: Path,
                                     figures: list[PassFigures]) -> None:
     want = catalog[ref].digest
@@ -126,3 +129,24 @@ def test_podman_pull_cold_then_warm(podman: Podman, ref: str, catalog: Catalog, 
                              "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024",
                              image, "echo", "podman-run-ok")
             assert out.stdout.strip() == "podman-run-ok"
+
+
+def test_podman_pulls_another_registry_through_the_same_mirror(
+        podman: Podman, second_registry: SecondRegistry, catalog: Catalog, tmp_path: Path,
+        figures: list[PassFigures]) -> None:
+    # The generated registries.conf mirrors ghcr.io at <mirror>/ghcr.io: the path-prefix route
+    # brings ghcr.io's content, whose digests differ from docker.io's for the same name.
+    image = "ghcr.io/library/busybox:1.36"
+    want = second_registry.images["library/busybox:1.36"].digest
+    assert want != catalog["library/busybox:1.36"].digest
+    log = tmp_path / "ghcr.log"
+    f = podman.mirror.measure("podman", image, "cold", partial(podman.pull, "ghcr", image, log))
+    figures.append(f)
+    digest = podman.run("ghcr", "image", "inspect", "--format", "{{.Digest}}", image,
+                        jailed=False).stdout.strip()
+    assert digest == want
+    assert_only_mirror_contacted(log.read_text(), podman.mirror.hostport, podman.mirror.dead)
+    paths = [r.path for r in podman.mirror.tap.requests if r.path != "/v2/"]
+    assert paths and all(p.startswith("/v2/ghcr.io/library/busybox/") for p in paths), paths
+    assert podman.mirror.upstream_tap.requests == []  # docker.io's registry was not asked
+    assert podman.mirror.upstream_taps["ghcr.io"].count(kind="manifest") > 0
