@@ -1,7 +1,8 @@
 """Limits that protect the mirror from its clients (config `limits`).
 
 - Request heads: `max_header_size` bytes per request line or header field and `max_headers`
-  fields, enforced by aiohttp's parser (`server_handler_args`); too much is a 400.
+  fields, enforced by aiohttp's parser (`server_handler_args`); too much is a 400 with an OCI
+  JSON body that, unlike aiohttp's own, never echoes the offending header (`QuietRequestHandler`).
 - Slow clients: a connection must deliver a complete request head within `client_timeout` of
   connecting or of the previous response (aiohttp's keep-alive timer closes a connection whose
   handler is still waiting for a request), and the TLS handshake must finish in that time too.
@@ -16,13 +17,17 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import math
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import LineTooLong
 from aiohttp.typedefs import Middleware
+from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_request import BaseRequest
 from cachetools import LRUCache
 from prometheus_client import CollectorRegistry, Counter
 
@@ -30,6 +35,7 @@ from mirror.config import LimitsConfig, RateLimitConfig
 from mirror.errors import TooManyRequests
 from mirror.responses import API_VERSION_HEADER
 
+log = logging.getLogger("mirror.http")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 EXEMPT_PATHS = frozenset({"/healthz", "/readyz"})
 MAX_TRACKED_CLIENTS = 65536
@@ -119,19 +125,44 @@ class _Overloaded(asyncio.Protocol):
         pass  # the request is not read: the answer is the same whatever it is
 
 
-class ConnectionGate:
-    """Protocol factory in front of aiohttp's server: counts open connections with the
-    server's own bookkeeping. Connections still in their TLS handshake are not counted yet;
-    `client_timeout` bounds how long they can stay in that state."""
+class QuietRequestHandler(RequestHandler):
+    """aiohttp's connection handler, minus one leak: for a request it cannot parse (a header
+    too long, a bad character) aiohttp writes the offending bytes into its log line and into the
+    400 body, and those bytes may be an Authorization header. Here the client gets an OCI JSON
+    400 and the log gets the error's class name only."""
 
-    def __init__(self, server: web.Server, max_connections: int, registry: CollectorRegistry) -> None:
+    def handle_error(self, request: BaseRequest, status: int = 500, exc: BaseException | None = None,
+                     message: str | None = None) -> web.StreamResponse:
+        if status >= 500:
+            return super().handle_error(request, status, exc, message)
+        if request.writer.output_size > 0:
+            raise ConnectionError("response already started; cannot send an error")
+        log.info("unparsable request from %s: %s", request.remote, type(exc).__name__)
+        text = ("request head too large" if isinstance(exc, LineTooLong)
+                else "malformed HTTP request")
+        resp = web.json_response({"errors": [{"code": "UNKNOWN", "message": text}]},
+                                 status=status, headers=API_VERSION_HEADER)
+        resp.force_close()
+        return resp
+
+
+class ConnectionGate:
+    """Protocol factory in front of aiohttp's server: makes QuietRequestHandlers and, with a
+    limit, counts open connections with the server's own bookkeeping. Connections still in
+    their TLS handshake are not counted yet; `client_timeout` bounds how long they can stay in
+    that state."""
+
+    def __init__(self, server: web.Server, max_connections: int | None,
+                 registry: CollectorRegistry) -> None:
         self._server = server
         self.max_connections = max_connections
         self.rejected = Counter("mirror_connections_rejected", "Connections refused because "
                                 "limits.max_connections were open", registry=registry)
 
     def __call__(self) -> asyncio.BaseProtocol:
-        if len(self._server.connections) >= self.max_connections:
+        if self.max_connections is not None and len(self._server.connections) >= self.max_connections:
             self.rejected.inc()
             return _Overloaded()
-        return self._server()
+        # The same arguments aiohttp's Server.__call__ passes (handler_args included).
+        return QuietRequestHandler(self._server, loop=asyncio.get_running_loop(),
+                                   **self._server._kwargs)

@@ -50,9 +50,7 @@ class GatedSockSite(web.SockSite):
         await web.BaseSite.start(self)
         runner = self._runner
         assert isinstance(runner, web.AppRunner) and runner.server is not None
-        factory: Callable[[], asyncio.BaseProtocol] = runner.server
-        if self._gate_limit is not None:
-            factory = ConnectionGate(runner.server, self._gate_limit, runner.app[METRICS].registry)
+        factory = ConnectionGate(runner.server, self._gate_limit, runner.app[METRICS].registry)
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
             factory, sock=self._sock, ssl=self._ssl_context, backlog=self._backlog,

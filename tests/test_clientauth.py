@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import base64
 import hashlib
-from collections.abc import Awaitable, Callable
+import logging
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,16 @@ API_VERSION = "registry/2.0"
 
 def basic(user: str, password: str) -> dict[str, str]:
     return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
+
+
+@pytest.fixture(autouse=True)
+def no_secret_in_logs(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
+    """Every test here runs with all loggers at DEBUG; none may write a client password."""
+    caplog.set_level(logging.DEBUG)
+    yield
+    forms = [f for u, p in ((ALICE, ALICE_PW), (BOB, BOB_PW))
+             for f in (p, base64.b64encode(f"{u}:{p}".encode()).decode())]
+    assert not [f for f in forms if f in caplog.text]
 
 
 @pytest.fixture
