@@ -13,6 +13,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -197,6 +198,75 @@ def test_skopeo_pulls_only_with_good_credentials(registry_tap: RecordingProxy, c
     audit = (tmp_path / "audit.log").read_text()
     assert f'"user":"{ALICE}"' in audit
     evidence.add_process(proc)
+
+
+def test_skopeo_with_bearer_tokens_from_the_mirror(registry_tap: RecordingProxy, catalog: Catalog,
+                                                   tmp_path: Path, evidence: Evidence) -> None:
+    """auth.token: containers/image follows the Bearer challenge to the mirror's /auth/token
+    with its credentials and pulls with the token it gets."""
+    need("skopeo")
+    ht = write_htpasswd(tmp_path / "htpasswd", {ALICE: ALICE_PW})
+    cfg = mirror_config({"docker.io": registry_tap.url}, tmp_path / "cache",
+                        auth={"htpasswd": str(ht), "token": {"ttl": "1m"}}, log={"level": "debug"})
+    with MirrorProcess(cfg, workdir=tmp_path) as proc:
+        ref, out = "library/alpine-ish:3.19", tmp_path / "out"
+        r = skopeo(tmp_path, f"{proc.hostport}/{ref}", out, "--src-tls-verify=false",
+                   f"--src-creds={ALICE}:{BOB_PW}")
+        assert r.returncode != 0 and registry_tap.requests == [], r.stderr
+        r = skopeo(tmp_path, f"{proc.hostport}/{ref}", out, "--src-tls-verify=false",
+                   f"--src-creds={ALICE}:{ALICE_PW}")
+        assert r.returncode == 0, f"{r.stderr}\n--- mirror log:\n{proc.log_text()}"
+        verify_dir_copy(out, catalog[ref])
+        text = fetch(f"{proc.url}/metrics", headers=_basic(ALICE, ALICE_PW)).body.decode()
+        assert 'mirror_client_auth_total{result="token_issued"}' in text
+        evidence.add("metrics", text)
+    evidence.add_process(proc)
+
+
+def test_podman_pulls_with_credentials(registry_tap: RecordingProxy, catalog: Catalog,
+                                       tmp_path: Path, evidence: Evidence) -> None:
+    need("podman", "unshare")
+    from tests.support.daemons import umount_under
+    from tests.support.netjail import NetJail
+
+    ht = write_htpasswd(tmp_path / "htpasswd", {ALICE: ALICE_PW})
+    cfg = mirror_config({"docker.io": registry_tap.url}, tmp_path / "cache",
+                        auth={"htpasswd": str(ht)})
+    (tmp_path / "registries.conf").write_text("")
+    (tmp_path / "auth.json").write_text('{"auths": {}}')  # no machine-wide logins
+    (tmp_path / "containers.conf").write_text(
+        '[engine]\nevents_logger = "file"\n'
+        f'events_logfile_path = "{tmp_path}/events.log"\ncgroup_manager = "cgroupfs"\n')
+    short = Path(tempfile.mkdtemp(prefix="pa-", dir="/tmp"))  # podman wants a short runroot
+    env = {**os.environ, "CONTAINERS_REGISTRIES_CONF": str(tmp_path / "registries.conf"),
+           "CONTAINERS_CONF": str(tmp_path / "containers.conf"), "HOME": str(tmp_path),
+           "REGISTRY_AUTH_FILE": str(tmp_path / "auth.json")}
+    podman = ["podman", "--root", str(tmp_path / "root"), "--runroot", str(short / "run"),
+              "--tmpdir", str(short / "tmp"), "--storage-driver", "vfs"]
+    ref = "org/team/app:1.0"
+    try:
+        with MirrorProcess(cfg, workdir=tmp_path) as proc, NetJail([proc.port]) as jail:
+            image = f"{proc.hostport}/{ref}"
+
+            def pull(*creds: str) -> subprocess.CompletedProcess[str]:
+                # Direct pull from the mirror's address, jailed all the same: loopback only.
+                cmd = jail.command([*podman, "pull", "--tls-verify=false", *creds, image])
+                return subprocess.run(cmd, capture_output=True, text=True, timeout=180, env=env)
+
+            r = pull()
+            assert r.returncode != 0 and "unauthorized" in r.stderr.lower(), r.stderr
+            r = pull("--creds", f"{ALICE}:wrong")
+            assert r.returncode != 0 and registry_tap.requests == [], r.stderr
+            r = pull("--creds", f"{ALICE}:{ALICE_PW}")
+            assert r.returncode == 0, f"{r.stderr}\n--- mirror log:\n{proc.log_text()}"
+            r = subprocess.run([*podman, "image", "inspect", "--format", "{{.Digest}}", image],
+                               capture_output=True, text=True, timeout=60, env=env)
+            assert r.stdout.strip() == catalog[ref].digest, r.stderr
+        evidence.add_process(proc)
+    finally:
+        umount_under(tmp_path)
+        umount_under(short)
+        shutil.rmtree(short, ignore_errors=True)
 
 
 # -- TLS -----------------------------------------------------------------------------------------
