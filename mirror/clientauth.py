@@ -34,7 +34,7 @@ from prometheus_client import CollectorRegistry, Counter
 from mirror.access import AccessPolicy
 from mirror.apipath import parse_api_path
 from mirror.config import AuthConfig
-from mirror.errors import Denied, Unauthorized
+from mirror.errors import Denied, MirrorError, Unauthorized
 from mirror.htpasswd import HtpasswdFile
 from mirror.keys import ROUTER, USER
 from mirror.responses import API_VERSION_HEADER
@@ -107,6 +107,10 @@ class ClientAuth:
         self.tokens = TokenIssuer(config.token.ttl) if config.token is not None else None
         self.results = Counter("mirror_client_auth", "Client authentication and access decisions",
                                ["result"], registry=registry)
+
+    @property
+    def can_log_in(self) -> bool:
+        return self.users is not None or self.tokens is not None
 
     def reload(self) -> None:
         if self.users is not None:
@@ -192,15 +196,21 @@ class ClientAuth:
         tail = request.match_info.get("tail")
         if tail is None or request.method not in PULL_METHODS:
             return None  # /v2/ itself, or a push the handler refuses with 405
-        api = parse_api_path(tail)  # bad names fail here exactly as in the handler: 4xx
-        route = request.app[ROUTER](api.name, request.query.get("ns"))
+        try:
+            api = parse_api_path(tail)  # bad names fail here exactly as in the handler: 4xx
+            route = request.app[ROUTER](api.name, request.query.get("ns"))
+        except MirrorError:
+            if user is None and self.can_log_in:
+                # Which registries are configured is nobody's business before logging in.
+                return self.unauthorized(request, "authentication required")
+            raise
         decision = self.policy.decide(user, route.upstream, route.repo)
         if decision.allowed:
             return None
         self.results.labels("denied").inc()
         log.info("pull of %s/%s by %s denied (%s)", route.upstream, route.repo,
                  user or "anonymous", decision.describe())
-        if user is None and (self.users is not None or self.tokens is not None):
+        if user is None and self.can_log_in:
             return self.unauthorized(request, "authentication required",
                                      f"repository:{route.repo}:pull")
         raise Denied(f"access to {route.upstream}/{route.repo} is denied")
@@ -226,7 +236,7 @@ async def client_auth_middleware(request: web.Request, handler: Handler) -> web.
         request[USER] = ident.user  # the audit log says who pulled
     auth.results.labels("ok" if ident.user else "anonymous").inc()
     if path == "/v2" or path.startswith("/v2/"):
-        if ident.user is None and path in ("/v2", "/v2/") and (auth.users or auth.tokens):
+        if ident.user is None and path in ("/v2", "/v2/") and auth.can_log_in:
             # The ping: clients learn the challenge here (docker login needs it to be a 401).
             return auth.unauthorized(request, "authentication required")
         refusal = await auth.check_pull(request, ident.user)

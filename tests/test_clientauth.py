@@ -162,6 +162,15 @@ async def test_anonymous_rules_and_empty_basic_credentials(make_mirror: Make, ca
     assert registry_tap.count(path_contains="busybox") == 0
 
 
+async def test_anonymous_clients_learn_nothing_about_routes(make_mirror: Make) -> None:
+    mirror = await make_mirror(auth={"rules": RULES})
+    for path in ("/v2/ghcr.io/org/app/manifests/1", "/v2/org/app/manifests/1?ns=quay.io",
+                 "/v2/Bad/Name/manifests/1", "/v2/library/busybox/nonsense"):
+        assert_basic_challenge(await mirror.get(path))
+        r = await mirror.get(path, headers=basic(ALICE, ALICE_PW))
+        assert r.status in (400, 404) and await error_code(r) != "UNAUTHORIZED"
+
+
 async def test_health_open_metrics_and_status_protected(make_mirror: Make) -> None:
     mirror = await make_mirror(auth={})
     assert (await mirror.get("/healthz")).status == 200

@@ -447,7 +447,10 @@ def test_zz_no_secret_in_logs_metrics_or_error_bodies(
             bodies.append(f"{path} -> {r.status}\n{r.headers}\n{r.body.decode(errors='replace')}")
         return r.status
 
-    with MirrorProcess(cfg, workdir=tmp_path, env={"UP_A_TOKEN": UP_A_PW}) as proc:
+    # Proxy variables point at the stranger too: the mirror must not use them either.
+    proxies = {k: stranger.url for k in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy",
+                                          "https_proxy")}
+    with MirrorProcess(cfg, workdir=tmp_path, env={"UP_A_TOKEN": UP_A_PW, **proxies}) as proc:
         alice = _basic(ALICE, ALICE_PW)
         for name, img in (("a.example.com", img_a), ("b.example.com", img_b)):
             assert get(f"/v2/{name}/team/app/manifests/1.0", alice) == 200
