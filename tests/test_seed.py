@@ -136,6 +136,10 @@ def test_seed_through_a_running_mirror(catalog: Catalog, registry_tap: Recording
         registry_tap.clear()
         r = cli("seed", "--url", mirror.url, "org/team/app:1.0", cwd=tmp_path)
         assert r.returncode == 0 and registry_tap.count(kind="blob") == 0, registry_tap.describe()
+        # Patterns go through the mirror's tag list too.
+        r = cli("seed", "--url", mirror.url, "library/busybox:1.*", cwd=tmp_path)
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert "ok   docker.io/library/busybox:1.36" in r.stdout and ":latest" not in r.stdout
 
 
 def test_warm_rules_cost_one_head_per_unchanged_tag(catalog: Catalog,
