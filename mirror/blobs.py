@@ -8,18 +8,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import weakref
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import aiohttp
 
-from mirror.cache.disk import DiskTier
+from mirror.cache.disk import DiskTier, is_disk_full
 from mirror.cache.tiered import TieredStore
 from mirror.coalesce import BlobFetch
 from mirror.errors import (
     BlobUnknown,
+    DiskFull,
     MirrorError,
     UpstreamRejected,
     UpstreamUnavailable,
@@ -27,11 +30,13 @@ from mirror.errors import (
 )
 from mirror.metrics import Metrics
 from mirror.models import Digest
+from mirror.passthrough import open_passthrough
 from mirror.upstream.client import UpstreamClient
 
 log = logging.getLogger("mirror.blobs")
 WRITE_BATCH = 1024 * 1024  # bytes gathered before one hop to the writer thread
 RESUME_ATTEMPTS = 3
+DISK_FULL_BACKOFF = 30.0  # seconds of uncached serving after the hot tier reported ENOSPC
 
 Source = Literal["hot", "cold", "upstream"]
 
@@ -47,6 +52,7 @@ class BlobHandle:
     path: Path | None = None
     fetch: BlobFetch | None = None
     fd: int | None = None  # reader descriptor on the fetch's temp file
+    body: AsyncIterator[bytes] | None = None  # uncached, verified stream (disk full)
 
 
 class BlobFetcher:
@@ -62,6 +68,9 @@ class BlobFetcher:
         # Cold tier (cache.object_store): consulted before upstream; set by the service.
         self.tiers: TieredStore | None = None
         self._sources: weakref.WeakKeyDictionary[BlobFetch, Source] = weakref.WeakKeyDictionary()
+        # After ENOSPC the hot tier is given time to evict; meanwhile misses stream through.
+        self.disk_full_until = 0.0
+        self._evictions: set[asyncio.Future[tuple[int, int]]] = set()
 
     async def close(self) -> None:
         """Stop every download: their temp files are removed, nothing half-written stays."""
@@ -99,6 +108,10 @@ class BlobFetcher:
         if fetch is None:
             if (client is None or self.offline) and self.tiers is None:
                 raise BlobUnknown(f"blob {digest} is not cached and the mirror is offline")
+            if client is not None and time.monotonic() < self.disk_full_until:
+                size, body = await open_passthrough(client, repo, digest)
+                self.tier.pin(digest)
+                return BlobHandle(digest, size, "upstream", "miss", body=body)
             fetch = self._start(None if self.offline else client, repo, digest, expected_size)
             result = "miss"
         else:
@@ -107,6 +120,18 @@ class BlobFetcher:
         self.tier.pin(digest)
         try:
             await fetch.wait_started()
+        except DiskFull:
+            fetch.close_reader(fd)
+            if client is None or self.offline:
+                self.tier.unpin(digest)
+                raise
+            # No room to cache it: this client gets its own verified stream from upstream.
+            try:
+                size, body = await open_passthrough(client, repo, digest)
+            except BaseException:
+                self.tier.unpin(digest)
+                raise
+            return BlobHandle(digest, size, "upstream", "miss", body=body)
         except BaseException:
             fetch.close_reader(fd)
             self.tier.unpin(digest)
@@ -134,6 +159,11 @@ class BlobFetcher:
         fetch = self._fetches.get(str(digest))
         if fetch is not None and fetch.task is not None:
             await asyncio.wait([fetch.task])
+
+    def _spawn_eviction(self) -> None:
+        task = asyncio.ensure_future(self.tier.evict())
+        self._evictions.add(task)
+        task.add_done_callback(self._evictions.discard)
 
     def _start(self, client: UpstreamClient | None, repo: str, digest: Digest,
                expected_size: int | None) -> BlobFetch:
@@ -187,8 +217,16 @@ class BlobFetcher:
             fetch.fail(e)
         except BaseException as e:
             fetch.temp.abort_sync()
-            if isinstance(e, OSError) and not isinstance(e, aiohttp.ClientError):
+            if isinstance(e, DiskFull) or (isinstance(e, OSError)
+                                           and not isinstance(e, aiohttp.ClientError)):
                 self.metrics.cache_write_errors.labels(self.tier.name).inc()  # disk full, I/O
+                if isinstance(e, DiskFull):
+                    log.warning("%s; serving it uncached", e.message)
+                elif is_disk_full(e):
+                    self.disk_full_until = time.monotonic() + DISK_FULL_BACKOFF
+                    log.warning("hot tier %s is full: serving misses uncached for %.0fs",
+                                self.tier.root, DISK_FULL_BACKOFF)
+                    self._spawn_eviction()
             fetch.fail(e if isinstance(e, Exception) else UpstreamUnavailable("fetch cancelled"))
             if not isinstance(e, MirrorError | asyncio.CancelledError):
                 log.exception("fetch of %s from %s failed", digest, up)
@@ -242,7 +280,10 @@ class BlobFetcher:
                     if temp.expected_size is not None and size is not None and size != temp.expected_size:
                         raise VerificationError(f"upstream size {size} for {digest} differs from "
                                                 f"the manifest's {temp.expected_size}")
-                    fetch.set_size(size if size is not None else temp.expected_size)
+                    size = size if size is not None else temp.expected_size
+                    if size is not None and not self.tier.has_room(size):
+                        raise DiskFull(f"no room for {size} bytes of {digest} in {self.tier.root}")
+                    fetch.set_size(size)
                 buf = bytearray()
                 try:
                     async for chunk in resp.content.iter_chunked(WRITE_BATCH):

@@ -121,6 +121,13 @@ class VerificationError(UpstreamError):
     status = 502
 
 
+class DiskFull(MirrorError):
+    """The hot tier has no room for a blob; callers stream it through uncached instead."""
+
+    code = "UNAVAILABLE"
+    status = 503
+
+
 class ConfigError(Exception):
     """A config file that cannot be used; `problems` holds one line per problem, each naming its key."""
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -95,5 +96,36 @@ async def stream_fetch(request: web.Request, resp: web.StreamResponse, fetch: Bl
     finally:
         fobj.close()
         fetch.close_reader(fd)
+    await resp.write_eof()
+    return sent
+
+
+async def stream_body(request: web.Request, resp: web.StreamResponse, body: AsyncIterator[bytes],
+                      start: int, end: int) -> int:
+    """Send bytes [start, end] of a stream that verifies itself as it ends (end < 0: to the
+    end). The last piece waits until the whole body was read, i.e. verified, even for a short
+    range; a failure cuts the connection."""
+    sent = pos = 0
+    held = b""
+    try:
+        await resp.prepare(request)
+        async for chunk in body:
+            lo, hi = pos, pos + len(chunk)
+            pos = hi
+            piece = chunk[max(0, start - lo):(end + 1 - lo) if end >= 0 else None] if hi > start else b""
+            if piece:
+                if held:
+                    await resp.write(held)
+                    sent += len(held)
+                held = piece
+        if held:
+            await resp.write(held)
+            sent += len(held)
+    except BaseException:
+        if request.transport is not None:
+            request.transport.abort()
+        raise
+    finally:
+        await body.aclose()  # type: ignore[attr-defined]
     await resp.write_eof()
     return sent

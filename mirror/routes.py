@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import AsyncIterator
 from urllib.parse import urlencode
 
 from aiohttp import web
@@ -13,7 +14,13 @@ from mirror.apipath import parse_api_path
 from mirror.errors import MirrorError, Unsupported
 from mirror.keys import METRICS, PULL_RECORD, ROUTER, SERVICE, PullRecord
 from mirror.models import Digest, Reference, parse_accept, parse_range
-from mirror.responses import API_VERSION_HEADER, SendfileResponse, open_for_sendfile, stream_fetch
+from mirror.responses import (
+    API_VERSION_HEADER,
+    SendfileResponse,
+    open_for_sendfile,
+    stream_body,
+    stream_fetch,
+)
 from mirror.router import Route
 from mirror.service import PassThrough
 
@@ -133,6 +140,8 @@ async def _blob(request: web.Request, route: Route, ref_text: str,
                     raise handle.fetch.error
                 await handle.fetch.changed()
             handle.size = handle.fetch.available
+        if handle.body is not None and (handle.size is None or request.method == "HEAD"):
+            return await _stream_uncached(request, handle.body, handle.size, digest, headers, rec)
         size = handle.size
         assert size is not None
         rng = parse_range(request.headers.get("Range"), size) if size else None
@@ -155,8 +164,17 @@ async def _blob(request: web.Request, route: Route, ref_text: str,
                 handle.fetch.close_reader(handle.fd)
                 handle.fd = None
             return web.Response(status=status, headers=headers)
-        if handle.path is not None:
-            resp: web.StreamResponse = SendfileResponse(open_for_sendfile(handle.path), start,
+        if handle.body is not None:
+            resp = web.StreamResponse(status=status, headers=headers)
+            resp.content_length = count
+            try:
+                sent = await stream_body(request, resp, handle.body, start, end)
+            except (MirrorError, ConnectionError) as e:
+                log.warning("cut uncached blob %s for a client: %s", digest, e)
+                rec.result = "error"
+                return resp
+        elif handle.path is not None:
+            resp = SendfileResponse(open_for_sendfile(handle.path), start,
                                                         count, status=status, headers=headers)
             await resp.prepare(request)
             sent = count
@@ -173,6 +191,9 @@ async def _blob(request: web.Request, route: Route, ref_text: str,
                             time.monotonic() - t0, e.message)
                 rec.result = "error"
                 return resp
+            except ConnectionError:  # the client went away; the download goes on for others
+                rec.result = "error"
+                return resp
         rec.bytes = sent
         metrics.served(route.upstream, handle.source,  # hot, cold (promoted) or upstream
                        sent)
@@ -181,6 +202,21 @@ async def _blob(request: web.Request, route: Route, ref_text: str,
         if handle.fd is not None and handle.fetch is not None:
             handle.fetch.close_reader(handle.fd)
         service.release_blob(handle)
+
+
+async def _stream_uncached(request: web.Request, body: AsyncIterator[bytes], size: int | None,
+                           digest: Digest, headers: dict[str, str],
+                           rec: PullRecord) -> web.StreamResponse:
+    """Disk-full mode with an upstream that sent no length (or a HEAD): no Range support."""
+    headers.update({"Docker-Content-Digest": str(digest), "Content-Type": "application/octet-stream"})
+    if request.method == "HEAD":
+        await body.aclose()  # type: ignore[attr-defined]
+        if size is not None:
+            headers["Content-Length"] = str(size)
+        return web.Response(status=200, headers=headers)
+    resp = web.StreamResponse(status=200, headers=headers)
+    rec.bytes = await stream_body(request, resp, body, 0, -1)
+    return resp
 
 
 async def metrics_handler(request: web.Request) -> web.Response:

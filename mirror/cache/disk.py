@@ -335,6 +335,11 @@ class DiskTier:
 
     # -- budget ---------------------------------------------------------------------------------
 
+    def has_room(self, nbytes: int) -> bool:
+        """Whether the file system can take `nbytes` more (plus a margin for the index)."""
+        st = os.statvfs(self.tmp_dir)
+        return st.f_bavail * st.f_frsize > nbytes + 4 * 1024 * 1024
+
     def over_budget(self) -> bool:
         return self.used > self.high
 
