@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 
@@ -44,7 +42,7 @@ class Setup:
 
 
 @pytest.fixture(scope="module")
-def setup(catalog: Catalog) -> Iterator[Setup]:
+def setup(catalog: Catalog, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
     with RegistryProcess() as second:
         p = ImagePusher(second.url, salt=SALT)
         bb, _ = busybox_layer()
@@ -53,7 +51,7 @@ def setup(catalog: Catalog) -> Iterator[Setup]:
         ghcr = {"library/busybox:1.36": amd,
                 "library/busybox:latest": p.push_index("library/busybox", "latest", [amd, arm])}
         hub_tap, ghcr_tap = RecordingProxy(catalog.registry_url), RecordingProxy(second.url)
-        work = Path(tempfile.mkdtemp(prefix="mirror-multi-"))
+        work = tmp_path_factory.mktemp("mirror-multi")
         cfg = mirror_config({"docker.io": hub_tap.url, "ghcr.io": ghcr_tap.url}, work / "cache")
         try:
             with MirrorProcess(cfg, workdir=work) as mirror:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import re
 import shutil
 import socket
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -139,10 +138,11 @@ class E2EMirror:
 
 
 @contextmanager
-def e2e_mirror(catalog: Catalog, dead_port: int,
+def e2e_mirror(catalog: Catalog, dead_port: int, workdir: Path,
                more_upstreams: Mapping[str, str] | None = None) -> Iterator[E2EMirror]:
-    """A mirror for docker.io (the session registry) and, optionally, more registries."""
-    workdir = Path(tempfile.mkdtemp(prefix="mirror-e2e-"))
+    """A mirror for docker.io (the session registry) and, optionally, more registries, with
+    its config, cache and log under `workdir` (a pytest temp dir: kept for a look after a
+    failure, removed by pytest a few runs later)."""
     m = E2EMirror(catalog, workdir, dead_port, more_upstreams)
     try:
         yield m.start()

@@ -63,7 +63,8 @@ def ctr(catalog: Catalog, dead_port: int, netns_ok: None, second_registry: Secon
     daemon = Containerd(tmp_path_factory.mktemp("containerd"))
     daemon.start()
     try:
-        with e2e_mirror(catalog, dead_port, {"ghcr.io": second_registry.url}) as mirror:
+        with e2e_mirror(catalog, dead_port, tmp_path_factory.mktemp("mirror"),
+                        {"ghcr.io": second_registry.url}) as mirror:
             conf = daemon.root / "clients"
             files = mirror.client_config(conf)
             assert f'server = "http://{mirror.dead}"' in files["certs.d/docker.io/hosts.toml"]

@@ -44,7 +44,7 @@ class Docker:
 def docker(catalog: Catalog, dead_port: int, netns_ok: None,
            tmp_path_factory: pytest.TempPathFactory) -> Iterator[Docker]:
     need_tools("dockerd", "docker")
-    with e2e_mirror(catalog, dead_port) as mirror:
+    with e2e_mirror(catalog, dead_port, tmp_path_factory.mktemp("mirror")) as mirror:
         root = tmp_path_factory.mktemp("dockerd")
         files = mirror.client_config(root / "clients")
         daemon = Dockerd(root, json.loads(files["daemon.json"]), [mirror.tap.port])

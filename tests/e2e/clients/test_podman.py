@@ -77,7 +77,8 @@ def podman(catalog: Catalog, dead_port: int, netns_ok: None, second_registry: Se
            tmp_path_factory: pytest.TempPathFactory) -> Iterator[Podman]:
     need_tools("podman", "runc")
     base = tmp_path_factory.mktemp("podman")
-    with e2e_mirror(catalog, dead_port, {"ghcr.io": second_registry.url}) as mirror:
+    with e2e_mirror(catalog, dead_port, tmp_path_factory.mktemp("mirror"),
+                    {"ghcr.io": second_registry.url}) as mirror:
         conf = base / "clients"
         mirror.client_config(conf)
         # No systemd or journald here: file events, cgroupfs, k8s-file logs, private tmp.

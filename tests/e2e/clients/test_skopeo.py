@@ -66,10 +66,10 @@ class Skopeo:
 
 
 @pytest.fixture(scope="module")
-def skopeo(request: pytest.FixtureRequest, catalog: Catalog, dead_port: int,
-           netns_ok: None) -> Iterator[Skopeo]:
+def skopeo(request: pytest.FixtureRequest, catalog: Catalog, dead_port: int, netns_ok: None,
+           tmp_path_factory: pytest.TempPathFactory) -> Iterator[Skopeo]:
     need_tools("skopeo")
-    with e2e_mirror(catalog, dead_port) as mirror:
+    with e2e_mirror(catalog, dead_port, tmp_path_factory.mktemp("mirror")) as mirror:
         conf = mirror.workdir / "clients"
         mirror.client_config(conf)
         jail = NetJail([mirror.tap.port])
