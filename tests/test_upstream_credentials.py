@@ -36,6 +36,10 @@ REGISTRY = "private.example.com"  # the name clients use; the URL is the fake's 
 ACCEPT = ", ".join(ALL_MANIFEST_TYPES)
 
 
+def sha256(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
 def leaks(text: str) -> list[str]:
     """Every form in which the secret could show up in text."""
     basic = base64.b64encode(f"{USER}:{SECRET}".encode()).decode()
@@ -214,6 +218,27 @@ async def test_token_cached_per_scope(make_fake_registry: Make, aiohttp_client: 
     for i in (img, *more):  # cached content: no upstream, no token
         await pull(mirror, i)
     assert len(token_requests(fake)) == 2
+
+
+async def test_concurrent_refusals_share_one_token_request(make_fake_registry: Make,
+                                                           aiohttp_client: ClientFactory,
+                                                           tmp_path: Path) -> None:
+    fake = make_fake_registry(auth="bearer", username=USER, password=SECRET)
+    layers = [synthetic_layer(f"parallel-{i}", 4) for i in range(8)]
+    img = fake.add_image("team/app", "1.0", layers)
+    mirror = await aiohttp_client(create_app(build_config(fake, tmp_path, cred="env")))
+
+    async def get_blob(digest: str) -> bytes:
+        r = await mirror.get(f"/v2/{REGISTRY}/team/app/blobs/{digest}")
+        assert r.status == 200
+        return await r.read()
+
+    # Eight different blobs at once, before the mirror has seen any challenge: eight 401s,
+    # one token request.
+    bodies = await asyncio.gather(*(get_blob(b.digest) for b in img.layers))
+    assert [sha256(b) for b in bodies] == [b.digest for b in img.layers]
+    assert len(token_requests(fake)) == 1, fake.describe()
+    assert fake.tokens_issued == 1
 
 
 async def test_token_revoked_is_fetched_again_once(make_fake_registry: Make,
