@@ -181,3 +181,13 @@ def test_unconfigured_registry_is_name_unknown_and_nobody_is_asked(setup: Setup,
     named = path.split("ns=")[1] if "ns=" in path else path.split("/")[2]
     assert named in err["message"]
     assert setup.hub_tap.requests == [] and setup.ghcr_tap.requests == []
+
+
+def test_ns_with_control_characters_is_refused_not_echoed(setup: Setup) -> None:
+    # ns= is echoed as OCI-Namespace only once it names a configured registry, so a CR/LF in
+    # it can never reach a response header.
+    status, headers, body = get(setup, "/v2/library/busybox/manifests/latest"
+                                       "?ns=docker.io%0d%0aX-Evil:%201")
+    assert status == 404
+    assert json.loads(body)["errors"][0]["code"] == "NAME_UNKNOWN"
+    assert "x-evil" not in headers and "oci-namespace" not in headers
