@@ -6,7 +6,8 @@ CONFIG ?= mirror.yaml
 # Real registry and clients the end-to-end tests drive (installed only when run as root).
 APT_PACKAGES = docker-registry skopeo podman containerd runc docker.io uidmap \
                busybox-static chromium nginx-light wrk curl iproute2 \
-               prometheus
+               prometheus \
+               debootstrap systemd
 
 .PHONY: run test venv lint typecheck system-deps bench clean
 
