@@ -275,9 +275,10 @@ class PullService:
         if self.tier.entry(digest) is None:
             try:
                 await self.tier.put_bytes(digest, body, media_type, is_manifest=True)
-            except OSError:
-                self.metrics.cache_write_errors.labels(self.tier.name).inc()  # disk full, I/O
-                raise
+            except OSError as e:
+                # Disk full or I/O error: still answer from memory; the next miss refetches.
+                self.metrics.cache_write_errors.labels(self.tier.name).inc()
+                log.warning("could not store manifest %s: %s", digest, e.strerror or e)
         self._manifests[str(digest)] = m
         return m
 
