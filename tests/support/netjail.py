@@ -12,6 +12,7 @@ from __future__ import annotations
 import shutil
 import sys
 import tempfile
+import weakref
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -37,6 +38,8 @@ class NetJail:
     def __init__(self, ports: Iterable[int] = ()) -> None:
         # Short path: unix socket paths are limited to 108 bytes.
         self.dir = Path(tempfile.mkdtemp(prefix="nj-", dir="/tmp"))
+        # removed by close(), or at the latest when the test process exits
+        weakref.finalize(self, shutil.rmtree, self.dir, True)
         self.ports = sorted(set(ports))
         self._bridges = [nsbridge.UnixToTcp(self.dir, p) for p in self.ports]
 
