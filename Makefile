@@ -6,7 +6,7 @@ CONFIG ?= mirror.yaml
 # Real registry and clients the end-to-end tests drive (installed only when run as root).
 APT_PACKAGES = docker-registry skopeo podman containerd runc docker.io uidmap \
                busybox-static chromium nginx-light wrk curl iproute2 \
-               prometheus \
+               prometheus apache2-utils \
                debootstrap systemd
 
 .PHONY: run test venv lint typecheck system-deps bench clean

@@ -260,7 +260,14 @@ class BlobFetcher:
 
     async def _download(self, client: UpstreamClient, repo: str, digest: Digest,
                         fetch: BlobFetch) -> None:
-        loop = asyncio.get_running_loop()
+        writer = WriteBehind(fetch)
+        try:
+            await self._download_into(client, repo, digest, fetch, writer)
+        finally:
+            await writer.close()  # never leave a write running into a file about to be closed
+
+    async def _download_into(self, client: UpstreamClient, repo: str, digest: Digest,
+                             fetch: BlobFetch, writer: WriteBehind) -> None:
         temp = fetch.temp
         attempts = 0
         while True:
@@ -284,32 +291,40 @@ class BlobFetcher:
                     if size is not None and not self.tier.has_room(size):
                         raise DiskFull(f"no room for {size} bytes of {digest} in {self.tier.root}")
                     fetch.set_size(size)
-                buf = bytearray()
+                received = self.metrics.upstream_bytes.labels(client.name)
+                batch: list[bytes] = []
+                batch_len = 0
+                resp.content.set_read_chunk_size(WRITE_BATCH)  # fewer pause/resume cycles
                 try:
-                    async for chunk in resp.content.iter_chunked(WRITE_BATCH):
+                    async for chunk, _ in resp.content.iter_chunks():
                         # Counted as received: bytes we skip or then reject still cost
                         # upstream bandwidth.
-                        self.metrics.upstream_bytes.labels(client.name).inc(len(chunk))
+                        received.inc(len(chunk))
                         if skip:
                             cut = min(skip, len(chunk))
                             chunk, skip = chunk[cut:], skip - cut
-                        buf += chunk
-                        if len(buf) >= WRITE_BATCH:
-                            data, buf = bytes(buf), bytearray()
-                            await self._write(loop, fetch, data, client.name)
-                        if fetch.size is not None and temp.written + len(buf) > fetch.size:
+                        if not chunk:
+                            continue
+                        batch.append(chunk)
+                        batch_len += len(chunk)
+                        if fetch.size is not None and writer.queued + batch_len > fetch.size:
                             raise VerificationError(f"upstream sent more than {fetch.size} bytes "
                                                     f"for {digest}")
-                    if buf:
-                        await self._write(loop, fetch, bytes(buf), client.name)
-                        buf = bytearray()
+                        if batch_len >= WRITE_BATCH:
+                            await writer.submit(batch)
+                            batch, batch_len = [], 0
+                    if batch:
+                        await writer.submit(batch)
+                        batch = []
+                    await writer.drain()
                     if fetch.size is not None and temp.written < fetch.size:
                         raise aiohttp.ClientPayloadError("upstream body ended early")
                     return
                 except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError,
                         TimeoutError) as e:
-                    if buf:
-                        await self._write(loop, fetch, bytes(buf), client.name)
+                    if batch:
+                        await writer.submit(batch)
+                    await writer.drain()
                     attempts += 1
                     if attempts > RESUME_ATTEMPTS:
                         raise UpstreamUnavailable(
@@ -320,7 +335,45 @@ class BlobFetcher:
             finally:
                 resp.release()
 
-    async def _write(self, loop: asyncio.AbstractEventLoop, fetch: BlobFetch, data: bytes,
-                     upstream: str) -> None:
-        await loop.run_in_executor(None, fetch.temp.write_sync, data)
-        fetch.progress(len(data))
+
+class WriteBehind:
+    """Writes a download's batches in the executor while the loop reads the next batch off
+    the socket. At most one write is in flight, so batches land (and are hashed) in order;
+    readers are told about bytes only once they are in the file."""
+
+    def __init__(self, fetch: BlobFetch) -> None:
+        self._fetch = fetch
+        self._pending: asyncio.Future[int] | None = None
+        self.queued = fetch.temp.written  # bytes written or being written
+
+    async def submit(self, chunks: list[bytes]) -> None:
+        await self.drain()
+        self.queued += sum(len(c) for c in chunks)
+        self._pending = asyncio.get_running_loop().run_in_executor(
+            None, self._fetch.temp.write_many_sync, chunks)
+
+    async def drain(self) -> None:
+        fut, self._pending = self._pending, None
+        if fut is not None:
+            try:
+                self._fetch.progress(await fut)
+            except BaseException:
+                self._pending = fut  # close() still waits for the thread
+                raise
+
+    async def close(self) -> None:
+        """Wait for the write in flight even when cancelled: the caller closes the file next,
+        and a thread writing to a closed (and maybe reused) descriptor could hit another file."""
+        fut, self._pending = self._pending, None
+        if fut is None:
+            return
+        cancelled = False
+        while not fut.done():
+            try:
+                await asyncio.wait([fut])
+            except asyncio.CancelledError:
+                cancelled = True
+        if not fut.cancelled() and fut.exception() is None:
+            self._fetch.progress(fut.result())
+        if cancelled:
+            raise asyncio.CancelledError

@@ -13,7 +13,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from mirror.apipath import parse_api_path
 from mirror.errors import MirrorError, Unsupported
 from mirror.keys import METRICS, PULL_RECORD, ROUTER, SERVICE, PullRecord
-from mirror.models import Digest, Reference, parse_accept, parse_range
+from mirror.models import Digest, Reference, parse_accept_lines, parse_range
 from mirror.responses import (
     API_VERSION_HEADER,
     SendfileResponse,
@@ -92,7 +92,7 @@ async def _manifest(request: web.Request, route: Route, ref_text: str,
     rec.kind = "manifest"
     try:
         answer = await request.app[SERVICE].manifest(
-            route.upstream, route.repo, ref, parse_accept(request.headers.getall("Accept", [])),
+            route.upstream, route.repo, ref, parse_accept_lines(request.headers.getall("Accept", [])),
             prefetch=request.method == "GET")
     except MirrorError:
         metrics.requests.labels(route.upstream, "manifest" if ref.digest else "tag", "error").inc()
