@@ -1,19 +1,23 @@
 """mirror beside the caches people run today, same upstream, same machine, same run.
 
-    python -m bench.compare [--big-mb 512] [--runs 5] [--workers 2] [--wrk-seconds 10]
+    python -m bench.compare [--big-mb 512] [--runs 7] [--workers 2] [--wrk-seconds 10]
 
 Starts CNCF distribution as the upstream and pushes three images to it (one large layer, a
-multi-layer image for real-client pulls, another for the herd). Then, one cache at a time so
-they never compete for the two cores: mirror, distribution in proxy mode, and nginx
-proxy_cache (bench/nginx.py). Each is measured on:
+multi-layer image for real-client pulls, another for the herd). Then starts, side by side, each
+cache in front of it: mirror with server.workers: --workers, mirror as one process (`mirror1`),
+distribution in proxy mode and nginx proxy_cache (bench/nginx.py). Only one is measured at a
+time (the machine has two cores); repeated measurements go round-robin across the caches, so a
+change in background load hits all of them alike. Measured:
 
-- cold blob: first GET of the large layer (curl to /dev/null), direct to the upstream
-- warm blob: the same GET `--runs` times more; the median is reported
+- cold blob: first GET of the large layer (curl to /dev/null)
+- warm blob: the same GET --runs times more; the median is reported
 - manifest by tag: HEAD (ab -i) and GET (wrk) requests/s, with the one Accept line containerd
   sends (the client that HEADs)
-- real-client pull: `skopeo copy docker://... dir:` of the multi-layer image, cold then warm
+- real-client pull: `skopeo copy docker://... dir:` of the multi-layer image, cold, then warm
+  (median of three)
 - herd: 20 clients pull the cold herd image at once (manifest, config, layers), through a
-  fresh cache instance whose upstream traffic passes a RecordingProxy tap that counts bytes
+  fresh instance of each cache whose upstream traffic passes a RecordingProxy tap that counts
+  the bytes
 - peak RSS: VmHWM summed over the cache's processes (master and workers)
 
 Run by hand on a quiet machine (check `uptime`); never in CI."""
@@ -30,7 +34,7 @@ import tempfile
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,7 +50,7 @@ CONTAINERD_ACCEPT = ("application/vnd.docker.distribution.manifest.v2+json, "
                      "application/vnd.docker.distribution.manifest.list.v2+json, "
                      "application/vnd.oci.image.manifest.v1+json, "
                      "application/vnd.oci.image.index.v1+json, */*")
-CACHES = ("mirror", "distribution", "nginx")
+CACHES = ("mirror", "mirror1", "distribution", "nginx")
 
 
 @dataclass
@@ -72,6 +76,7 @@ class Result:
     get_rps: float = 0.0
     pull_cold: float = 0.0  # seconds
     pull_warm: float = 0.0
+    pull_warm_runs: list[float] = field(default_factory=list)
     herd_wall: float = 0.0
     herd_upstream_mib: float = 0.0
     herd_upstream_gets: int = 0
@@ -108,8 +113,10 @@ class Running:
 
 @contextmanager
 def start_cache(name: str, upstream_url: str, work: Path, workers: int) -> Iterator[Running]:
+    """`mirror` runs server.workers: `workers`; `mirror1` one process."""
     root = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=work))
-    if name == "mirror":
+    if name.startswith("mirror"):
+        workers = 1 if name == "mirror1" else workers
         extra: dict[str, object] = {"server": {"workers": workers}} if workers > 1 else {}
         cfg = mirror_config({"docker.io": upstream_url}, root / "cache",
                             log={"level": "warning"}, **extra)
@@ -151,23 +158,27 @@ def curl_time(url: str, headers: tuple[str, ...] = ()) -> tuple[int, int, float]
     return int(out[0]), int(out[1]), float(out[2])
 
 
-def blob_throughput(c: Running, images: Images, runs: int, r: Result) -> None:
+def cold_blob(c: Running, images: Images, r: Result) -> None:
     digest, size = images.big_layer
-    url = f"http://{c.hostport}/v2/{images.big.repo}/blobs/{digest}"
-    status, n, secs = curl_time(url)
+    status, n, secs = curl_time(f"http://{c.hostport}/v2/{images.big.repo}/blobs/{digest}")
     if (status, n) != (200, size):
         raise SystemExit(f"{c.name}: cold blob GET gave {status} with {n} of {size} bytes")
     r.cold_blob = size / secs / 1e6
-    # distribution and nginx finish writing their cache file after the response: let them.
-    time.sleep(1.0)
-    status, n, got = get_hashed(c.hostport, f"/v2/{images.big.repo}/blobs/{digest}")
+
+
+def check_warm_blob(c: Running, images: Images) -> None:
+    digest, _ = images.big_layer
+    status, _, got = get_hashed(c.hostport, f"/v2/{images.big.repo}/blobs/{digest}")
     if (status, got) != (200, digest):
         raise SystemExit(f"{c.name}: warm blob served wrong bytes ({status}, {got})")
-    for _ in range(runs):
-        status, n, secs = curl_time(url)
-        if (status, n) != (200, size):
-            raise SystemExit(f"{c.name}: warm blob GET gave {status} with {n} of {size} bytes")
-        r.warm_runs.append(size / secs / 1e6)
+
+
+def warm_blob(c: Running, images: Images, r: Result) -> None:
+    digest, size = images.big_layer
+    status, n, secs = curl_time(f"http://{c.hostport}/v2/{images.big.repo}/blobs/{digest}")
+    if (status, n) != (200, size):
+        raise SystemExit(f"{c.name}: warm blob GET gave {status} with {n} of {size} bytes")
+    r.warm_runs.append(size / secs / 1e6)
     r.warm_blob = statistics.median(r.warm_runs)
 
 
@@ -229,12 +240,6 @@ def skopeo_pull(hostport: str, image: PushedImage, dest: Path) -> float:
     return secs
 
 
-def pulls(c: Running, image: PushedImage, work: Path, r: Result) -> None:
-    r.pull_cold = skopeo_pull(c.hostport, image, work / f"pull-{c.name}")
-    time.sleep(1.0)  # let every cache finish writing what it fetched
-    r.pull_warm = skopeo_pull(c.hostport, image, work / f"pull-{c.name}")
-
-
 def herd(c: Running, image: PushedImage, clients: int, tap: RecordingProxy, r: Result) -> None:
     """`clients` clients at once, each: manifest by tag, then config and layers in order on
     one keep-alive connection (curl). Client 0 is a Python client that hashes everything."""
@@ -288,26 +293,56 @@ def push_images(upstream: str, big_mb: int) -> Images:
     return Images(big, pull, herd_img)
 
 
-def measure(name: str, upstream: RegistryProcess, images: Images, args: argparse.Namespace,
-            work: Path) -> Result:
-    r = Result(name)
-    print(f"-- {name}", flush=True)
-    with start_cache(name, upstream.url, work, args.workers) as c:
-        blob_throughput(c, images, args.runs, r)
-        print(f"   blob cold {r.cold_blob:.0f} MB/s, warm {r.warm_blob:.0f} MB/s "
-              f"{[round(x) for x in r.warm_runs]}", flush=True)
-        pulls(c, images.pull, work, r)
-        print(f"   skopeo pull cold {r.pull_cold:.2f}s warm {r.pull_warm:.2f}s", flush=True)
-        head_rps(c, images.pull, args.wrk_seconds, work, r)
-        print(f"   by tag: HEAD {r.head_rps:.0f} req/s, GET {r.get_rps:.0f} req/s "
-              f"({r.head_errors} errors)", flush=True)
-        r.rss_mib = tree_rss_mib(c.pid)
-    with RecordingProxy(upstream.url) as tap, start_cache(name, tap.url, work, args.workers) as c:
-        herd(c, images.herd, args.clients, tap, r)
-        print(f"   herd of {args.clients}: {r.herd_wall:.2f}s, upstream {r.herd_upstream_mib:.0f}"
-              f" MiB in {r.herd_upstream_gets} GETs", flush=True)
-        r.rss_mib = max(r.rss_mib, tree_rss_mib(c.pid))
-    return r
+def side_by_side(names: list[str], upstream: RegistryProcess, images: Images,
+                 args: argparse.Namespace, work: Path) -> dict[str, Result]:
+    """Every cache running at once, idle while another is measured; repeated measurements go
+    round-robin, so a change in the machine's background load hits every cache alike."""
+    results = {n: Result(n) for n in names}
+    with ExitStack() as stack:
+        running = {n: stack.enter_context(start_cache(n, upstream.url, work, args.workers))
+                   for n in names}
+        for n in names:
+            cold_blob(running[n], images, results[n])
+        time.sleep(1.0)  # distribution and nginx finish writing their cache file after replying
+        for n in names:
+            check_warm_blob(running[n], images)
+        for _ in range(args.runs):
+            for n in names:
+                warm_blob(running[n], images, results[n])
+        for n in names:
+            r = results[n]
+            print(f"   {n}: blob cold {r.cold_blob:.0f} MB/s, warm {r.warm_blob:.0f} MB/s "
+                  f"{[round(x) for x in r.warm_runs]}", flush=True)
+        for n in names:
+            results[n].pull_cold = skopeo_pull(running[n].hostport, images.pull,
+                                               work / f"pull-{n}")
+        time.sleep(1.0)
+        for _ in range(3):
+            for n in names:
+                r = results[n]
+                r.pull_warm_runs.append(skopeo_pull(running[n].hostport, images.pull,
+                                                    work / f"pull-{n}"))
+                r.pull_warm = statistics.median(r.pull_warm_runs)
+        for n in names:
+            r = results[n]
+            print(f"   {n}: skopeo pull cold {r.pull_cold:.2f}s warm {r.pull_warm:.2f}s "
+                  f"{[round(x, 2) for x in r.pull_warm_runs]}", flush=True)
+        for n in names:
+            r = results[n]
+            head_rps(running[n], images.pull, args.wrk_seconds, work, r)
+            print(f"   {n}: by tag: HEAD {r.head_rps:.0f} req/s, GET {r.get_rps:.0f} req/s "
+                  f"({r.head_errors} errors)", flush=True)
+        for n in names:
+            results[n].rss_mib = tree_rss_mib(running[n].pid)
+    for n in names:  # a fresh instance each, its upstream traffic counted by a tap
+        r = results[n]
+        with RecordingProxy(upstream.url) as tap, start_cache(n, tap.url, work,
+                                                              args.workers) as c:
+            herd(c, images.herd, args.clients, tap, r)
+            r.rss_mib = max(r.rss_mib, tree_rss_mib(c.pid))
+        print(f"   {n}: herd of {args.clients}: {r.herd_wall:.2f}s, upstream "
+              f"{r.herd_upstream_mib:.0f} MiB in {r.herd_upstream_gets} GETs", flush=True)
+    return results
 
 
 def ratio(a: float, b: float) -> str:
@@ -320,7 +355,7 @@ def report(results: dict[str, Result], images: Images, args: argparse.Namespace)
 
     def row(label: str, get: Callable[[Result], float], fmt: str,
             lower_is_better: bool = False) -> list[object]:
-        vals = [get(results[c]) if c in results else None for c in CACHES]
+        vals = [get(results[c]) for c in results]
         cells: list[object] = [label] + [format(v, fmt) if v is not None else "-" for v in vals]
         for other in (d, n):
             if m is None or other is None:
@@ -349,7 +384,10 @@ def report(results: dict[str, Result], images: Images, args: argparse.Namespace)
             f" MiB; herd image {len(images.herd.layers)} layers, {herd_mib:.0f} MiB; mirror "
             f"server.workers: {args.workers}; ratios are mirror's advantage (>1 is better)")
     notes = [f"{r.cache}: {x}" for r in results.values() for x in r.notes]
-    return "\n".join([head, "", table(["measure", *CACHES, "vs distribution", "vs nginx"], rows),
+    columns = [f"mirror ({args.workers} workers)" if c == "mirror" else
+               "mirror (1 process)" if c == "mirror1" else c for c in results]
+    return "\n".join([head, "", table(["measure", *columns, "mirror vs distribution",
+                                       "mirror vs nginx"], rows),
                       *(["", *notes] if notes else [])])
 
 
@@ -357,11 +395,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--big-mb", type=int, default=512)
-    ap.add_argument("--runs", type=int, default=5, help="warm blob GETs per cache")
+    ap.add_argument("--runs", type=int, default=7, help="warm blob GETs per cache")
     ap.add_argument("--workers", type=int, default=2, help="mirror server.workers")
     ap.add_argument("--clients", type=int, default=20, help="herd size")
     ap.add_argument("--wrk-seconds", type=int, default=10)
-    ap.add_argument("--only", nargs="*", choices=CACHES, default=list(CACHES))
+    ap.add_argument("--only", nargs="*", choices=CACHES, default=list(CACHES),
+                    help="mirror1: mirror as one process, beside server.workers: --workers")
     ap.add_argument("--json", type=Path, help="also write the raw figures here")
     args = ap.parse_args()
     load = os.getloadavg()[0]
@@ -372,8 +411,7 @@ def main() -> None:
     try:
         with RegistryProcess(log_level="error") as upstream:
             images = push_images(upstream.url, args.big_mb)
-            for name in args.only:
-                results[name] = measure(name, upstream, images, args, work)
+            results = side_by_side(list(args.only), upstream, images, args, work)
         print()
         print(report(results, images, args))
         if args.json:

@@ -29,18 +29,22 @@ from mirror.router import Route, alias_table, resolve_route
 from mirror.routes import add_routes
 from mirror.server import RELOAD, SERVER_TLS
 from mirror.service import PullService
+from mirror.sharedfetch import SharedDownloads
 from mirror.statuspage import add_status_routes
 from mirror.tls import ServerTLS
 from mirror.upstream.client import UpstreamClient
 from mirror.warm import start_warming
+from mirror.workers import WORKER, WorkerRole, supervisor_watch
 
 log = logging.getLogger("mirror.app")
 EVICTION_INTERVAL = 5.0
 USER_AGENT = "mirror/0.1 (pull-through cache)"
 
 
-def create_app(config: Config, metrics: Metrics | None = None) -> web.Application:
-    metrics = metrics or Metrics()
+def create_app(config: Config, metrics: Metrics | None = None,
+               worker: WorkerRole | None = None) -> web.Application:
+    """`worker`: this process is one of server.workers (mirror/workers.py)."""
+    metrics = metrics or Metrics(multiprocess_dir=worker.metrics_dir if worker else None)
     stats = PullStats(metrics.totals)
     audit = AuditLog(config.log.audit, metrics) if config.log.audit else None
     # The audit middleware is outermost: it sees the final status and the whole transfer.
@@ -61,6 +65,9 @@ def create_app(config: Config, metrics: Metrics | None = None) -> web.Applicatio
     if audit is not None:
         app.cleanup_ctx.append(audit.ctx)
         app[RELOAD].append(audit.reopen)  # SIGHUP after logrotate
+    if worker is not None:
+        app[WORKER] = worker
+        app.cleanup_ctx.append(supervisor_watch(worker))
     app.cleanup_ctx.append(_service_ctx)
     add_routes(app)
     add_status_routes(app)
@@ -90,7 +97,8 @@ def _security(app: web.Application, config: Config) -> None:
 
 async def _service_ctx(app: web.Application) -> AsyncIterator[None]:
     config, metrics = app[CONFIG], app[METRICS]
-    parts = await build_services(config, metrics)
+    worker = app.get(WORKER)
+    parts = await build_services(config, metrics, worker)
     tier, clients, service = parts.tier, parts.clients, parts.service
     app[SERVICE] = service
     started = time.time()
@@ -106,19 +114,22 @@ async def _service_ctx(app: web.Application) -> AsyncIterator[None]:
         }
 
     app[STATUS] = status
-    evictor = asyncio.create_task(_evict_loop(tier), name="evictor")
-    warmer = start_warming(service, config)  # warm: rules, None when there are none
-    if parts.tiers is not None:
+    primary = worker is None or worker.primary  # with several workers, one keeps the budget
+    # Every worker catches up with the index (its usage figures); only tier.evicting evicts.
+    background = [asyncio.create_task(_evict_loop(tier, service.blobs.shared), name="evictor")]
+    warmer = start_warming(service, config) if primary else None  # None when there are none
+    if warmer is not None:
+        background.append(warmer)
+    if parts.tiers is not None and primary:
         parts.tiers.start_periodic()  # cold tier usage and max_age expiry
     log.info("cache at %s: %d objects, %d bytes of %d", config.cache.dir, len(tier._entries),
              tier.used, tier.max_size)
     try:
         yield
     finally:
-        evictor.cancel()
-        if warmer is not None:
-            warmer.cancel()
-        await asyncio.gather(evictor, *([warmer] if warmer else []), return_exceptions=True)
+        for task in background:
+            task.cancel()
+        await asyncio.gather(*background, return_exceptions=True)
         await parts.close()
 
 
@@ -144,14 +155,17 @@ class Services:
         await self.db.close()
 
 
-async def build_services(config: Config, metrics: Metrics) -> Services:
+async def build_services(config: Config, metrics: Metrics,
+                         worker: WorkerRole | None = None) -> Services:
     """Open the cache (sweeping unfinished downloads) and one client per upstream; the caller
-    must `await close()`. No upstream client at all when the config is offline."""
+    must `await close()`. No upstream client at all when the config is offline. A `worker`
+    shares the cache with the other workers: no sweep, cross-process downloads."""
     db = Database(config.cache.dir / "index.db")
     tier = DiskTier(config.cache.dir, db, config.cache.max_size, metrics,
                     config.cache.high_watermark, config.cache.low_watermark)
+    tier.evicting = worker is None or worker.primary
     loop = asyncio.get_running_loop()
-    await loop.run_in_executor(None, tier.open_sync)
+    await loop.run_in_executor(None, tier.open_sync, worker is None)
     await db.start()
     sessions: list[aiohttp.ClientSession] = []
     clients: dict[str, UpstreamClient] = {}
@@ -168,16 +182,19 @@ async def build_services(config: Config, metrics: Metrics) -> Services:
             clients[up.name] = UpstreamClient(up, session, metrics)
     tags = TagIndex(db)
     tiers = build_tiered(config, tier, db, metrics) if config.cache.object_store else None
-    service = PullService(config, tier, tags, clients, metrics, tiers)
+    shared = SharedDownloads(tier, db) if worker is not None else None
+    service = PullService(config, tier, tags, clients, metrics, tiers, shared)
     if tiers is not None:
         await tiers.start()  # resumes pending uploads
     return Services(db, tier, tags, clients, service, sessions, tiers)
 
 
-async def _evict_loop(tier: DiskTier) -> None:
+async def _evict_loop(tier: DiskTier, shared: SharedDownloads | None) -> None:
     while True:
         await asyncio.sleep(EVICTION_INTERVAL)
-        if tier.over_budget():
+        if shared is not None:
+            shared.learn_from_index()  # what the other workers stored and read meanwhile
+        if tier.evicting and tier.over_budget():
             try:
                 await tier.evict()
             except Exception:

@@ -13,7 +13,7 @@ import weakref
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import IO, Literal
 
 import aiohttp
 
@@ -31,6 +31,7 @@ from mirror.errors import (
 from mirror.metrics import Metrics
 from mirror.models import Digest
 from mirror.passthrough import open_passthrough
+from mirror.sharedfetch import SharedDownloads
 from mirror.upstream.client import UpstreamClient
 
 log = logging.getLogger("mirror.blobs")
@@ -53,12 +54,17 @@ class BlobHandle:
     fetch: BlobFetch | None = None
     fd: int | None = None  # reader descriptor on the fetch's temp file
     body: AsyncIterator[bytes] | None = None  # uncached, verified stream (disk full)
+    # The hot-tier file, already open (server.workers > 1: another worker may evict it, so it
+    # is opened while we still know it exists); the response takes it, release() closes it.
+    file: IO[bytes] | None = None
 
 
 class BlobFetcher:
     def __init__(self, tier: DiskTier, metrics: Metrics, offline: bool,
-                 finish_abandoned: bool = True) -> None:
+                 finish_abandoned: bool = True, shared: SharedDownloads | None = None) -> None:
         self.tier = tier
+        # server.workers > 1: downloads are single-flight across the processes sharing `tier`.
+        self.shared = shared
         self.metrics = metrics
         self.offline = offline
         self.finish_abandoned = finish_abandoned
@@ -68,6 +74,7 @@ class BlobFetcher:
         # Cold tier (cache.object_store): consulted before upstream; set by the service.
         self.tiers: TieredStore | None = None
         self._sources: weakref.WeakKeyDictionary[BlobFetch, Source] = weakref.WeakKeyDictionary()
+        self._from_cold_tier: weakref.WeakSet[BlobFetch] = weakref.WeakSet()
         # After ENOSPC the hot tier is given time to evict; meanwhile misses stream through.
         self.disk_full_until = 0.0
         self._evictions: set[asyncio.Future[tuple[int, int]]] = set()
@@ -92,7 +99,21 @@ class BlobFetcher:
         entry = self.tier.entry(digest)
         if entry is None:
             return None
-        return BlobHandle(digest, entry.size, "hot", "hit", path=self.tier.path(digest))
+        path = self.tier.path(digest)
+        if self.shared is None:
+            return BlobHandle(digest, entry.size, "hot", "hit", path=path)
+        try:
+            fobj = open(path, "rb")  # noqa: SIM115 - handed to the response or closed by release()
+        except FileNotFoundError:  # evicted by the worker that keeps the budget
+            self.tier.forget(digest)
+            return None
+        return BlobHandle(digest, entry.size, "hot", "hit", path=path, file=fobj)
+
+    def _committed_elsewhere(self, digest: Digest) -> BlobHandle | None:
+        """server.workers > 1: a blob another worker committed is a hit here too."""
+        if self.shared is None or not self.shared.learn_final(digest):
+            return None
+        return self.local(digest)
 
     async def open(self, client: UpstreamClient | None, repo: str, digest: Digest,
                    expected_size: int | None = None) -> BlobHandle:
@@ -106,6 +127,11 @@ class BlobFetcher:
         fetch = self._fetches.get(key)
         result: Literal["miss", "coalesced"] = "coalesced"
         if fetch is None:
+            hit = self._committed_elsewhere(digest)
+            if hit is not None:
+                self.tier.pin(digest)
+                self.tier.touch(digest)
+                return hit
             if (client is None or self.offline) and self.tiers is None:
                 raise BlobUnknown(f"blob {digest} is not cached and the mirror is offline")
             if client is not None and time.monotonic() < self.disk_full_until:
@@ -116,12 +142,23 @@ class BlobFetcher:
             result = "miss"
         else:
             self.metrics.coalesced.labels(client.name if client else "", "blob").inc()
-        fd = fetch.open_reader()
+        # A reader descriptor now if the fetch has its file open (a shared download opens it
+        # only once started); until then the client counts as a reader all the same.
+        fd = fetch.open_reader() if fetch.temp.fd >= 0 and not fetch.temp.closed else None
+        if fd is None:
+            fetch.readers += 1
         self.tier.pin(digest)
+
+        def drop_reader() -> None:
+            if fd is not None:
+                fetch.close_reader(fd)
+            else:
+                fetch.readers -= 1
+
         try:
             await fetch.wait_started()
         except DiskFull:
-            fetch.close_reader(fd)
+            drop_reader()
             if client is None or self.offline:
                 self.tier.unpin(digest)
                 raise
@@ -133,14 +170,27 @@ class BlobFetcher:
                 raise
             return BlobHandle(digest, size, "upstream", "miss", body=body)
         except BaseException:
-            fetch.close_reader(fd)
+            drop_reader()
             self.tier.unpin(digest)
             raise
+        if fd is None:
+            fetch.readers -= 1
+            if fetch.temp.closed:  # finished while we waited: committed, a plain hit now
+                hit = self.local(digest)
+                if hit is None:
+                    self.tier.unpin(digest)
+                    raise UpstreamUnavailable(f"blob {digest} vanished right after its download")
+                return BlobHandle(digest, hit.size, "upstream", result, path=hit.path,
+                                  file=hit.file)
+            fd = fetch.open_reader()
         return BlobHandle(digest, fetch.size, self._sources.get(fetch, "upstream"), result,
                           fetch=fetch, fd=fd)
 
     def release(self, handle: BlobHandle) -> None:
         self.tier.unpin(handle.digest)
+        if handle.file is not None:
+            handle.file.close()
+            handle.file = None
         fetch = handle.fetch
         if (fetch is not None and not self.finish_abandoned and fetch.readers == 0
                 and not fetch.done and fetch.task is not None):
@@ -149,6 +199,9 @@ class BlobFetcher:
     def prefetch(self, client: UpstreamClient, repo: str, digest: Digest, size: int | None) -> bool:
         """Start fetching a blob nobody asked for yet. False if cached or already in flight."""
         if self.offline or self.tier.entry(digest) is not None or str(digest) in self._fetches:
+            return False
+        if self.shared is not None and (self.shared.learn_final(digest)
+                                        or self.shared.downloading_elsewhere(digest)):
             return False
         self._start(client, repo, digest, size)
         self.metrics.prefetches.labels(client.name, "blob").inc()
@@ -169,7 +222,9 @@ class BlobFetcher:
                expected_size: int | None) -> BlobFetch:
         key = str(digest)
         # Registered before any await: a concurrent request finds this fetch and joins it.
-        fetch = BlobFetch(key, self.tier.new_temp(digest, expected_size))
+        temp = (self.tier.new_temp(digest, expected_size) if self.shared is None
+                else self.shared.new_temp(digest, expected_size))
+        fetch = BlobFetch(key, temp)
         self._fetches[key] = fetch
         fetch.task = asyncio.create_task(self._run(client, repo, digest, fetch),
                                          name=f"fetch {key[:19]}")
@@ -182,32 +237,12 @@ class BlobFetcher:
         up = client.name if client is not None else "cold"
         self.tier.pin(digest)
         try:
-            if await self._from_cold(digest, fetch, client is not None):
-                up = "cold"
-                await self.tier.commit(fetch.temp)
-                fetch.finish()
-                return
-            if client is None:
-                raise BlobUnknown(f"blob {digest} is in no cache tier and the mirror is offline")
-            gauge = self.metrics.inflight.labels(up, "blob")
-            sem = self._slot(client)
-            if sem.locked():
-                self.metrics.queued.labels(up).inc()
-                try:
-                    await sem.acquire()
-                finally:
-                    self.metrics.queued.labels(up).dec()
+            if self.shared is None:
+                await self._fill(client, repo, digest, fetch)
             else:
-                await sem.acquire()
-            gauge.inc()
-            try:
-                await self._download(client, repo, digest, fetch)
-            finally:
-                gauge.dec()
-                sem.release()
-            await self.tier.commit(fetch.temp)  # also queues the copy to the cold tier
-            fetch.finish()
+                await self.shared.run(fetch, lambda: self._fill(client, repo, digest, fetch))
         except VerificationError as e:
+            up = "cold" if fetch in self._from_cold_tier else up
             if up == "cold" and self.tiers is not None:
                 self.tiers.discard_cold(digest)
             else:
@@ -235,6 +270,36 @@ class BlobFetcher:
         finally:
             self._fetches.pop(str(digest), None)
             self.tier.unpin(digest)
+
+    async def _fill(self, client: UpstreamClient | None, repo: str, digest: Digest,
+                    fetch: BlobFetch) -> None:
+        """Download into fetch.temp (cold tier first, unless resuming a part), verify, commit."""
+        if fetch.temp.written == 0 and await self._from_cold(digest, fetch, client is not None):
+            self._from_cold_tier.add(fetch)
+            await self.tier.commit(fetch.temp)
+            fetch.finish()
+            return
+        if client is None:
+            raise BlobUnknown(f"blob {digest} is in no cache tier and the mirror is offline")
+        gauge = self.metrics.inflight.labels(client.name, "blob")
+        sem = self._slot(client)
+        if sem.locked():
+            self.metrics.queued.labels(client.name).inc()
+            try:
+                await sem.acquire()
+            finally:
+                self.metrics.queued.labels(client.name).dec()
+        else:
+            await sem.acquire()
+        gauge.inc()
+        try:
+            if fetch.size is None or fetch.temp.written < fetch.size:  # else a resumed part
+                await self._download(client, repo, digest, fetch)  # that was complete already
+        finally:
+            gauge.dec()
+            sem.release()
+        await self.tier.commit(fetch.temp)  # also queues the copy to the cold tier
+        fetch.finish()
 
     async def _from_cold(self, digest: Digest, fetch: BlobFetch, can_resume: bool) -> bool:
         """Fill the fetch from the cold tier. True when every byte came from there; False

@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import os
 import socket
 import sys
 from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mirror import __version__
 from mirror.config import Config, load_config
 from mirror.errors import ConfigError
+
+if TYPE_CHECKING:
+    from mirror.workers import WorkerRole
 
 EXIT_CONFIG = 2
 
@@ -41,12 +47,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
             print(f"mirror: config error: listen: invalid --listen {args.listen!r}", file=sys.stderr)
             return EXIT_CONFIG
     setup_logging(config.log.level, config.log.format)
-    app = create_app(config)
+    worker = _worker_role()
+    if config.server.workers > 1 and worker is None:
+        return _supervise(args, config)
+    app = create_app(config, worker=worker)
     host = "127.0.0.1" if config.listen_host in ("0.0.0.0", "::") else config.listen_host
     where = f"{host}:{config.listen_port}"
     scheme = "https" if config.tls is not None else "http"
 
     def banner(_: str) -> None:
+        if worker is not None:
+            return  # the supervisor printed it once for all workers
         print(f"mirror {__version__} serving on {scheme}://{config.listen} (config {config.source})\n"
               f"  upstreams: {', '.join(config.upstreams) or 'none'}"
               f"{' (offline)' if config.offline else ''}; cache: {config.cache.dir}\n"
@@ -58,6 +69,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     sock = socket.socket(socket.AF_INET6 if ":" in config.listen_host else socket.AF_INET)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if worker is not None:  # one of server.workers processes on the same port
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     try:
         sock.bind((config.listen_host, config.listen_port))
     except OSError as e:
@@ -67,10 +80,48 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _supervise(args: argparse.Namespace, config: Config) -> int:
+    """server.workers > 1: this process starts and watches the workers (mirror/workers.py)."""
+    from mirror.workers import WORKER_ENV, Supervisor
+
+    def command(index: int, pipe_fd: int) -> tuple[list[str], dict[str, str]]:
+        argv = [sys.executable, "-m", "mirror", "serve"]
+        if args.config:
+            argv += ["-c", args.config]
+        return ([*argv, "--listen", f"{config.listen_host}:{supervisor.port}"],
+                {WORKER_ENV: f"{index},{pipe_fd}"})
+
+    def banner(where: str) -> None:
+        scheme = "https" if config.tls is not None else "http"
+        print(f"mirror {__version__} serving on {scheme}://{where} with "
+              f"{config.server.workers} worker processes (config {config.source})\n"
+              f"  upstreams: {', '.join(config.upstreams) or 'none'}"
+              f"{' (offline)' if config.offline else ''}; cache: {config.cache.dir}", flush=True)
+
+    supervisor = Supervisor(config, command)
+    return supervisor.run(banner)
+
+
+def _worker_role() -> WorkerRole | None:
+    """This process is a worker the supervisor started (its environment says so)."""
+    from mirror.workers import WORKER_ENV, WorkerRole
+
+    role = os.environ.get(WORKER_ENV)
+    metrics_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if not role:
+        return None
+    index, _, pipe = role.partition(",")
+    if not metrics_dir or not index.isdigit() or not pipe.isdigit():
+        raise SystemExit(f"mirror: {WORKER_ENV} is set by `mirror serve` for its workers "
+                         "(server.workers), not by hand")
+    return WorkerRole(int(index), Path(metrics_dir), int(pipe))
+
+
 def cmd_check_config(args: argparse.Namespace) -> int:
     config = _load(args.config)
+    workers = f", {config.server.workers} workers" if config.server.workers > 1 else ""
     print(f"{config.source}: ok ({len(config.upstreams)} upstreams, cache {config.cache.dir}, "
-          f"listen {config.listen})")
+          f"listen {config.listen}{workers})")
     for up in config.upstreams.values():
         cred = f", user {up.username}, password ****" if up.username else ""
         print(f"  {up.name}: {up.url}{cred}")
@@ -116,6 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "/metrics, /healthz and /readyz on the listen address.")
     config_arg(s)
     s.add_argument("--listen", metavar="HOST:PORT", help="override the config's listen address")
+
     s.set_defaults(func=cmd_serve)
 
     c = sub.add_parser("check-config", help="validate a config file",

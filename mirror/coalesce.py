@@ -65,6 +65,8 @@ class BlobFetch:
         self.task: asyncio.Task[None] | None = None
         self._changed = asyncio.Event()
         self.started = asyncio.Event()  # size known, or failed
+        # Told the size when the upstream answers (a shared download tells other workers).
+        self.on_started: Callable[[int | None], None] | None = None
 
     def notify(self) -> None:
         self._changed.set()
@@ -72,6 +74,8 @@ class BlobFetch:
 
     def set_size(self, size: int | None) -> None:
         self.size = size
+        if self.on_started is not None:
+            self.on_started(size)
         self.started.set()
 
     def progress(self, nbytes: int) -> None:

@@ -168,6 +168,18 @@ class LimitsConfig:
 
 
 @dataclass(frozen=True)
+class ServerConfig:
+    """How the listen address is served. workers > 1: that many processes share the port
+    (SO_REUSEPORT) and the cache directory, with one upstream download per blob across all of
+    them (mirror/workers.py, mirror/cache/xprocess.py)."""
+
+    workers: int = 1
+
+
+MAX_WORKERS = 64
+
+
+@dataclass(frozen=True)
 class WarmConfig:
     """Images the server keeps cached: seeded at start and every `interval` (mirror/warm.py).
     Unchanged tags cost one HEAD each, which Docker Hub does not count as a pull."""
@@ -193,6 +205,7 @@ class Config:
     auth: AuthConfig | None = None
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     warm: WarmConfig = field(default_factory=WarmConfig)
+    server: ServerConfig = field(default_factory=ServerConfig)
     source: str = "<default>"
 
     @property
@@ -611,6 +624,18 @@ def _limits(reader: _Reader, raw: Any) -> LimitsConfig:
     return LimitsConfig(header, count, conns, timeout, rate_limit)
 
 
+def _server(reader: _Reader, raw: Any) -> ServerConfig:
+    sec = reader.section(raw, "server", {"workers"})
+    workers = sec.get("workers", 1)
+    if workers == "auto":
+        workers = os.cpu_count() or 1
+    if isinstance(workers, bool) or not isinstance(workers, int) or not 1 <= workers <= MAX_WORKERS:
+        reader.problem("server.workers", f"must be a whole number from 1 to {MAX_WORKERS}, or "
+                                         f"auto (one per CPU), got {workers!r}")
+        workers = 1
+    return ServerConfig(min(workers, MAX_WORKERS))
+
+
 TOP_KEYS = {"listen", "default_upstream", "upstreams", "cache", "prefetch", "log", "offline",
             "finish_abandoned_fetches", "tls", "auth", "server", "warm", "limits"}
 
@@ -713,6 +738,7 @@ def parse_config(raw: Any, env: Mapping[str, str] | None = None, base: Path | No
         auth=_auth(reader, top.get("auth"), upstreams),
         limits=_limits(reader, top.get("limits")),
         warm=_warm(reader, top.get("warm"), seen, default),
+        server=_server(reader, top.get("server")),
         source=source,
     )
     if reader.problems:

@@ -62,6 +62,19 @@ class TagIndex:
         self._memory[key] = rec
         return rec
 
+    def reload(self, upstream: str, repo: str, tag: str) -> TagRecord | None:
+        """The record as the database has it, when that is newer than memory's: with several
+        worker processes, another one may have revalidated the tag (server.workers > 1)."""
+        key = (upstream, repo, tag)
+        rec = self._memory.get(key)
+        row = self._db.query_one(
+            "SELECT digest, media_type, size, checked_at FROM tags "
+            "WHERE upstream=? AND repo=? AND tag=?", key)
+        if row is not None and (rec is None or row[3] > rec.checked_at):
+            rec = TagRecord(row[0], row[1], row[2], row[3])
+            self._memory[key] = rec
+        return rec
+
     def put(self, upstream: str, repo: str, tag: str, record: TagRecord) -> None:
         self._memory[(upstream, repo, tag)] = record
         self._db.write(

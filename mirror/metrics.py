@@ -7,10 +7,12 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 TYPES = ("manifest", "blob", "tag")
@@ -72,20 +74,39 @@ def sum_by(metric: Counter | Gauge, label: str | None) -> dict[str, float]:
     return out
 
 
+def merged_sums(families: list[Metric], name: str, label: str | None) -> dict[str, float]:
+    """sum_by over merged multiprocess families (the samples of every worker process)."""
+    out: dict[str, float] = {}
+    for family in families:
+        if family.name != name:
+            continue
+        for sample in family.samples:
+            if sample.name.endswith("_created"):
+                continue
+            key = sample.labels.get(label, "") if label else ""
+            out[key] = out.get(key, 0.0) + sample.value
+    return out
+
+
 class BandwidthSaved(Collector):
     """mirror_bandwidth_saved_bytes{upstream}: bytes served minus bytes fetched, computed at
     scrape time from the two counters so it can never drift from them. A gauge: it goes down
     when the mirror fetches what nobody asked for yet (prefetch) or a fetch is abandoned."""
 
-    def __init__(self, metrics: Metrics) -> None:
+    def __init__(self, metrics: Metrics, merged: list[Metric] | None = None) -> None:
         self._m = metrics
+        self._merged = merged  # server.workers > 1: computed from every worker's counters
 
     def collect(self) -> Iterator[Metric]:
         family = GaugeMetricFamily(
             "mirror_bandwidth_saved_bytes", "Bytes served to clients minus bytes fetched from "
             "the upstream (the traffic the cache kept off the upstream link)", labels=["upstream"])
-        served = sum_by(self._m.bytes_served, "upstream")
-        fetched = sum_by(self._m.upstream_bytes, "upstream")
+        if self._merged is not None:
+            served = merged_sums(self._merged, "mirror_bytes_served", "upstream")
+            fetched = merged_sums(self._merged, "mirror_upstream_bytes", "upstream")
+        else:
+            served = sum_by(self._m.bytes_served, "upstream")
+            fetched = sum_by(self._m.upstream_bytes, "upstream")
         for up in sorted(set(served) | set(fetched)):
             family.add_metric([up], served.get(up, 0.0) - fetched.get(up, 0.0))
         yield family
@@ -115,8 +136,14 @@ class UpstreamBackoff(Collector):
 
 
 class Metrics:
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    def __init__(self, registry: CollectorRegistry | None = None,
+                 multiprocess_dir: Path | None = None) -> None:
         self.registry = registry or CollectorRegistry(auto_describe=True)
+        # server.workers > 1: prometheus_client's multiprocess mode (PROMETHEUS_MULTIPROC_DIR,
+        # set by the supervisor before this process imported prometheus_client) keeps every
+        # value in a file there, and /metrics merges the files of all workers, dead ones too,
+        # so totals survive a worker restart.
+        self.multiprocess_dir = multiprocess_dir
         r = self.registry
         self.requests = Counter(
             "mirror_requests", "Pull requests answered, by content type and cache result",
@@ -136,13 +163,13 @@ class Metrics:
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
         self.inflight = Gauge(
             "mirror_inflight_fetches", "Upstream fetches in progress", ["upstream", "type"],
-            registry=r)
+            registry=r, multiprocess_mode="livesum")
         self.coalesced = Counter(
             "mirror_coalesced_waiters", "Requests that joined a fetch already in flight",
             ["upstream", "type"], registry=r)
         self.queued = Gauge(
             "mirror_queued_fetches", "Fetches waiting for an upstream fetch slot", ["upstream"],
-            registry=r)
+            registry=r, multiprocess_mode="livesum")
         self.stale = Counter(
             "mirror_stale_answers", "Tags answered from cache because revalidation failed",
             ["upstream", "reason"], registry=r)
@@ -150,11 +177,14 @@ class Metrics:
             "mirror_verification_failures", "Upstream bodies that did not match their digest or "
             "length", ["upstream", "type"], registry=r)
         self.cache_bytes = Gauge(
-            "mirror_cache_bytes", "Bytes stored per cache tier", ["tier"], registry=r)
+            "mirror_cache_bytes", "Bytes stored per cache tier", ["tier"], registry=r,
+            multiprocess_mode="livemax")  # workers share a tier; the one keeping it knows most
         self.cache_objects = Gauge(
-            "mirror_cache_objects", "Objects stored per cache tier", ["tier"], registry=r)
+            "mirror_cache_objects", "Objects stored per cache tier", ["tier"], registry=r,
+            multiprocess_mode="livemax")
         self.cache_budget = Gauge(
-            "mirror_cache_budget_bytes", "Size budget per cache tier", ["tier"], registry=r)
+            "mirror_cache_budget_bytes", "Size budget per cache tier", ["tier"], registry=r,
+            multiprocess_mode="livemax")
         self.evictions = Counter(
             "mirror_evictions", "Objects evicted per tier", ["tier"], registry=r)
         self.evicted_bytes = Counter(
@@ -164,10 +194,11 @@ class Metrics:
             ["tier"], registry=r)
         self.ratelimit_remaining = Gauge(
             "mirror_upstream_ratelimit_remaining", "Pulls left in the upstream's rate-limit window "
-            "(Docker Hub ratelimit-remaining)", ["upstream"], registry=r)
+            "(Docker Hub ratelimit-remaining)", ["upstream"], registry=r,
+            multiprocess_mode="livemostrecent")
         self.upstream_up = Gauge(
             "mirror_upstream_up", "1 if the last request to the upstream got an HTTP answer",
-            ["upstream"], registry=r)
+            ["upstream"], registry=r, multiprocess_mode="livemostrecent")
         self._backoff_until: dict[str, float] = {}  # upstream -> time.monotonic() deadline
         self.prefetches = Counter(
             "mirror_prefetches", "Blobs and child manifests fetched ahead of the client",
@@ -178,13 +209,32 @@ class Metrics:
             ["kind", "result"], registry=r)
         self.cold_pending = Gauge(
             "mirror_cold_pending_uploads", "Blobs, manifests and tag records waiting to be "
-            "copied to the cold tier", registry=r)
+            "copied to the cold tier", registry=r, multiprocess_mode="livesum")
 
         self.audit_dropped = Counter(
             "mirror_audit_dropped_lines", "Audit lines dropped because the audit sink fell "
             "too far behind", registry=r)
+        self.workers = Gauge(
+            "mirror_workers", "Worker processes serving the listen address", registry=r,
+            multiprocess_mode="livesum")
+        self.workers.set(1)
         r.register(BandwidthSaved(self))
         r.register(UpstreamBackoff(self._backoff_until))
+
+    def _merged(self) -> list[Metric]:
+        assert self.multiprocess_dir is not None
+        collector = MultiProcessCollector(None, path=str(self.multiprocess_dir))  # type: ignore[no-untyped-call]
+        return list(collector.collect())  # type: ignore[no-untyped-call]
+
+    def exposition(self) -> bytes:
+        """The /metrics page: this process's registry, or every worker's samples merged."""
+        if self.multiprocess_dir is None:
+            return generate_latest(self.registry)
+        merged = self._merged()
+        page = CollectorRegistry(auto_describe=False)
+        page.register(_Fixed([*merged, *BandwidthSaved(self, merged).collect(),
+                              *UpstreamBackoff(self._backoff_until).collect()]))
+        return generate_latest(page)
 
     def backoff(self, upstream: str, until: float) -> None:
         """The upstream is not asked again before `until` (time.monotonic())."""
@@ -195,5 +245,20 @@ class Metrics:
             self.bytes_served.labels(upstream, source).inc(nbytes)
 
     def totals(self) -> Totals:
+        if self.multiprocess_dir is not None:
+            merged = self._merged()
+            return Totals(merged_sums(merged, "mirror_requests", "result"),
+                          merged_sums(merged, "mirror_bytes_served", "source"),
+                          merged_sums(merged, "mirror_upstream_bytes", None).get("", 0.0))
         return Totals(sum_by(self.requests, "result"), sum_by(self.bytes_served, "source"),
                       sum_by(self.upstream_bytes, None).get("", 0.0))
+
+
+class _Fixed(Collector):
+    """Families already collected, for one exposition."""
+
+    def __init__(self, families: list[Metric]) -> None:
+        self._families = families
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self._families

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 from urllib.parse import urlencode
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from mirror.apipath import parse_api_path
 from mirror.errors import MirrorError, Unsupported
@@ -220,7 +220,7 @@ async def _stream_uncached(request: web.Request, body: AsyncIterator[bytes], siz
 
 
 async def metrics_handler(request: web.Request) -> web.Response:
-    body = generate_latest(request.app[METRICS].registry)
+    body = request.app[METRICS].exposition()  # every worker's samples with server.workers > 1
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 

@@ -39,6 +39,7 @@ from mirror.models import (
     select_platform,
 )
 from mirror.shared_tags import SharedTags
+from mirror.sharedfetch import SharedDownloads
 from mirror.upstream.client import Document, UpstreamClient
 
 log = logging.getLogger("mirror.service")
@@ -71,13 +72,18 @@ class PassThrough:
 class PullService:
     def __init__(self, config: Config, tier: DiskTier, tags: TagIndex,
                  clients: Mapping[str, UpstreamClient], metrics: Metrics,
-                 tiers: TieredStore | None = None) -> None:
+                 tiers: TieredStore | None = None,
+                 workers: SharedDownloads | None = None) -> None:
         self.config = config
         self.tier = tier
         self.tags = tags
         self.clients = clients
         self.metrics = metrics
-        self.blobs = BlobFetcher(tier, metrics, config.offline, config.finish_abandoned_fetches)
+        self.blobs = BlobFetcher(tier, metrics, config.offline, config.finish_abandoned_fetches,
+                                 workers)
+        # server.workers > 1: other processes write the same cache; what memory lacks or
+        # holds as stale may be on disk or in the index already.
+        self.multiprocess = workers is not None
         # Cold tier (cache.object_store): blobs, manifests and tag records shared by all nodes.
         self.tiers = self.blobs.tiers = tiers
         self.shared = SharedTags(tiers, tags) if tiers is not None else None
@@ -108,13 +114,26 @@ class PullService:
             return m
         entry = self.tier.entry(digest)
         if entry is None:
-            return None
+            if not self.multiprocess:
+                return None
+            return self._manifest_from_other_worker(digest)
         body = self.tier.read_bytes_sync(digest)  # small, page-cached; memory holds the hot ones
         if body is None or Digest.of(body, digest.algorithm) != digest:
             return None
         m = Manifest(digest, entry.media_type or manifest_media_type(body, None), body)
         self._manifests[key] = m
         self.tier.touch(digest)
+        return m
+
+    def _manifest_from_other_worker(self, digest: Digest) -> Manifest | None:
+        body = self.tier.read_bytes_sync(digest)
+        if body is None or Digest.of(body, digest.algorithm) != digest:
+            return None
+        assert self.blobs.shared is not None
+        recorded = self.blobs.shared.media_type(digest)  # the upstream's, as the storer saw it
+        m = Manifest(digest, recorded or manifest_media_type(body, None), body)
+        self.tier.learn(digest, len(body), m.media_type, is_manifest=True)
+        self._manifests[str(digest)] = m
         return m
 
     async def manifest(self, upstream: str, repo: str, ref: Reference, accept: list[str],
@@ -159,6 +178,9 @@ class PullService:
         if self.shared is not None:
             rec = await self.shared.recall(upstream, repo, tag, rec)
         now = time.time()
+        if self.multiprocess and rec is not None and freshness(
+                rec, now, self.config.cache.tag_ttl, None) is not Freshness.FRESH:
+            rec = self.tags.reload(upstream, repo, tag)  # maybe revalidated by another worker
         if rec is not None:
             state = freshness(rec, now, self.config.cache.tag_ttl, self.config.cache.max_stale)
             if state is Freshness.FRESH:

@@ -124,16 +124,21 @@ class DiskTier:
         # Told after every write, whichever path it took (fetch, manifest, promotion, import):
         # (digest, is_manifest). The tiered cache queues the copy to the cold tier here.
         self.commit_hooks: list[Callable[[Digest, bool], None]] = []
+        # False in all but one of several worker processes sharing this directory: one process
+        # keeps the budget, from the index all of them write (mirror/sharedfetch.py).
+        self.evicting = True
         metrics.cache_budget.labels(self.name).set(max_size)
 
     # -- start-up ---------------------------------------------------------------------------
 
-    def open_sync(self) -> None:
-        """Sweep leftovers and rebuild the accounting from what is really on disk."""
+    def open_sync(self, sweep: bool = True) -> None:
+        """Sweep leftovers and rebuild the accounting from what is really on disk. sweep=False
+        for a worker process: tmp/ then holds other workers' downloads (the supervisor sweeps
+        it once, before any worker starts)."""
         self.blob_dir.mkdir(parents=True, exist_ok=True)
         self.tmp_dir.mkdir(parents=True, exist_ok=True)
         swept = 0
-        for p in self.tmp_dir.iterdir():
+        for p in self.tmp_dir.iterdir() if sweep else ():
             try:
                 p.unlink()
                 swept += 1
@@ -250,6 +255,26 @@ class DiskTier:
         self._publish()
         for hook in self.commit_hooks:
             hook(digest, is_manifest)
+
+    def learn(self, digest: Digest, size: int, media_type: str | None = None,
+              is_manifest: bool = False, last_access: float | None = None) -> None:
+        """Content another process sharing this directory committed (server.workers > 1): it
+        already wrote the index row and queued the cold-tier copy."""
+        key = str(digest)
+        old = self._entries.get(key)
+        if old is not None:
+            self.used -= old.size
+        self._entries[key] = Entry(size, media_type, is_manifest,
+                                   time.time() if last_access is None else last_access)
+        self.used += size
+        self._publish()
+
+    def forget(self, digest: Digest) -> None:
+        """The file is gone (another process evicted it): drop it from the accounting only."""
+        e = self._entries.pop(str(digest), None)
+        if e is not None:
+            self.used -= e.size
+            self._publish()
 
     def _write_bytes_sync(self, digest: Digest, data: bytes) -> None:
         temp = self.new_temp(digest, len(data))
@@ -368,7 +393,7 @@ class DiskTier:
         """Called after every write: a commit that crosses the high watermark evicts right
         away, so usage never runs past the budget by more than the blob just written (waiting
         for the 5 s background loop would let a burst of downloads overshoot by far more)."""
-        if self.over_budget():
+        if self.evicting and self.over_budget():
             await self.evict()
 
     async def evict(self, target: int | None = None) -> tuple[int, int]:
