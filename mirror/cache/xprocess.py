@@ -66,7 +66,7 @@ class PartMeta:
     started: bool  # the upstream answered: size is what it said (None: it sent no length)
     size: int | None
     pid: int
-    error: dict[str, Any] | None = None  # {"code", "status", "message"} of a failed download
+    error: dict[str, Any] | None = None  # {"kind", "message"} of a failed download
     written_at: float = 0.0
 
 
