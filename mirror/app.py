@@ -22,6 +22,7 @@ from mirror.db import Database
 from mirror.index import TagIndex
 from mirror.keys import CONFIG, METRICS, PULL_STATS, ROUTER, SERVICE, STATUS
 from mirror.limits import RateLimiter, rate_limit_middleware, server_handler_args
+from mirror.links import RepoLinks
 from mirror.metrics import Metrics
 from mirror.middlewares import errors_middleware
 from mirror.pullstats import PullStats
@@ -183,7 +184,10 @@ async def build_services(config: Config, metrics: Metrics,
     tags = TagIndex(db)
     tiers = build_tiered(config, tier, db, metrics) if config.cache.object_store else None
     shared = SharedDownloads(tier, db) if worker is not None else None
-    service = PullService(config, tier, tags, clients, metrics, tiers, shared)
+    # Access rules make repositories differ in who may pull them: then a cached digest is only
+    # served for repositories it is linked to (mirror/links.py).
+    links = RepoLinks(db) if config.auth is not None else None
+    service = PullService(config, tier, tags, clients, metrics, tiers, shared, links)
     if tiers is not None:
         await tiers.start()  # resumes pending uploads
     return Services(db, tier, tags, clients, service, sessions, tiers)

@@ -28,6 +28,10 @@ CREATE TABLE IF NOT EXISTS content (
     is_manifest INTEGER NOT NULL DEFAULT 0, last_access REAL NOT NULL, stored_at REAL NOT NULL
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS content_lru ON content (last_access);
+CREATE TABLE IF NOT EXISTS links (
+    upstream TEXT NOT NULL, repo TEXT NOT NULL, digest TEXT NOT NULL,
+    PRIMARY KEY (upstream, repo, digest)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS pending_uploads (
     digest TEXT PRIMARY KEY, kind TEXT NOT NULL, queued_at REAL NOT NULL
 ) WITHOUT ROWID;

@@ -18,6 +18,7 @@ from mirror.cache.tiered import TieredStore
 from mirror.coalesce import SingleFlight
 from mirror.config import Config
 from mirror.errors import (
+    BlobUnknown,
     ManifestUnknown,
     MirrorError,
     NameUnknown,
@@ -27,6 +28,7 @@ from mirror.errors import (
     VerificationError,
 )
 from mirror.index import Freshness, TagIndex, TagRecord, freshness
+from mirror.links import RepoLinks
 from mirror.metrics import Metrics
 from mirror.models import (
     DEFAULT_PLATFORM,
@@ -73,8 +75,10 @@ class PullService:
     def __init__(self, config: Config, tier: DiskTier, tags: TagIndex,
                  clients: Mapping[str, UpstreamClient], metrics: Metrics,
                  tiers: TieredStore | None = None,
-                 workers: SharedDownloads | None = None) -> None:
+                 workers: SharedDownloads | None = None,
+                 links: RepoLinks | None = None) -> None:
         self.config = config
+        self.links = links  # set when access rules make repositories differ in who may pull
         self.tier = tier
         self.tags = tags
         self.clients = clients
@@ -139,11 +143,13 @@ class PullService:
     async def manifest(self, upstream: str, repo: str, ref: Reference, accept: list[str],
                        prefetch: bool = True) -> ManifestAnswer:
         if ref.digest is not None:
+            await self._require_link(upstream, repo, ref.digest, "manifest")
             answer = await self._manifest_by_digest(upstream, repo, ref.digest)
         else:
             assert ref.tag is not None
             answer = await self._manifest_by_tag(upstream, repo, ref.tag)
         m = answer.manifest
+        self._link(upstream, repo, m)
         if m.media_type in INDEX_TYPES and not accepts(accept, m.media_type):
             # Like distribution: a client that cannot read an index gets the linux/amd64 image.
             child = select_platform(parse_manifest(m.body, m.media_type), DEFAULT_PLATFORM)
@@ -336,7 +342,34 @@ class PullService:
 
     # -- blobs ---------------------------------------------------------------------------------
 
+    def _link(self, upstream: str, repo: str, m: Manifest) -> None:
+        """Everything a manifest served for a repository names belongs to that repository."""
+        if self.links is None:
+            return
+        parsed = parse_manifest(m.body, m.media_type)
+        self.links.add(upstream, repo, [str(m.digest), *(str(d.digest) for d in parsed.children),
+                                        *(str(d.digest) for d in parsed.blobs)])
+
+    async def _require_link(self, upstream: str, repo: str, digest: Digest,
+                            kind: Literal["blob", "manifest"]) -> None:
+        """With access rules, serve a digest for a repository only if it belongs there
+        (mirror/links.py); an unknown pair costs one HEAD to the upstream, once."""
+        if self.links is None or self.links.has(upstream, repo, str(digest)):
+            return
+        unknown = BlobUnknown if kind == "blob" else ManifestUnknown
+        client = self.client(upstream)
+        if client is None:
+            raise unknown(f"{kind} {digest} is not known in {repo} on this offline mirror")
+        if kind == "blob":
+            doc = await client.head_blob(repo, str(digest))
+        else:
+            doc = await client.get_manifest(repo, str(digest), method="HEAD")
+        if doc.status != 200:
+            raise unknown(f"{kind} {digest} not found in {repo}")
+        self.links.add(upstream, repo, [str(digest)])
+
     async def open_blob(self, upstream: str, repo: str, digest: Digest) -> BlobHandle:
+        await self._require_link(upstream, repo, digest, "blob")
         hit = self.blobs.local(digest)
         if hit is not None:  # by-digest content never needs the upstream
             self.tier.pin(digest)
