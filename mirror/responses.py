@@ -15,7 +15,7 @@ from mirror.coalesce import BlobFetch
 
 API_VERSION_HEADER = {"Docker-Distribution-API-Version": "registry/2.0"}
 MAPPED_CHUNK = 1 << 20  # bytes of a mapped file per transport write
-MAP_WINDOW = 8 << 20  # bytes of a file mapped at once
+MAP_WINDOW = 2 << 20  # bytes of a file mapped at once (file pages mapped count into RSS)
 
 
 class SendfileResponse(web.StreamResponse):
