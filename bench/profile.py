@@ -7,7 +7,8 @@ py-spy samples it (all threads, idle ones left out): `cold` is one client's firs
 large blob, `warm` repeated GETs of it, `herd` 20 clients on one cold blob, `head` HEAD of a
 manifest by tag with ApacheBench. Printed per path: throughput, then the functions with the
 most samples on top of the stack ("self") and on the stack at all ("total"), per thread kind
-(event loop or executor thread). py-spy must be on PATH or next to the Python running this."""
+(the event loop, or a worker thread: executor, database writer, audit writer). py-spy must be
+on PATH or next to the Python running this."""
 
 from __future__ import annotations
 
@@ -63,9 +64,7 @@ def summarize(raw: Path, top: int) -> str:
             name = f"{m.group('func')} ({m.group('file')})" if m else f.strip()
             names.append(name)
             if "_worker (concurrent/futures/thread.py)" in name:
-                kind = "executor"
-            elif "mirror-db" in name or "audit" in name:
-                kind = "other"
+                kind = "thread"  # executor, database writer, audit writer
         if not names:
             continue
         samples += n
