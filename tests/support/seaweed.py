@@ -69,8 +69,11 @@ class SeaweedS3:
             "-s3.port.iceberg=0", "-s3.port.lance=0",
             f"-s3.localSocket={d / 's3.sock'}",
             f"-s3.config={d / 's3.json'}",
-            # Small volumes: tests write a few hundred MiB, and weed preallocates volume files.
-            "-master.volumeSizeLimitMB=256", "-volume.max=0",
+            # Small volumes: tests write a few hundred MiB. Every bucket (collection) grows 7
+            # volumes; "auto" (0) caps their number by free disk / volume size, and a test
+            # session makes ~40 buckets: on a fuller disk weed ran out of volumes and answered
+            # 500. Volume files are not preallocated, so a fixed, generous count costs nothing.
+            "-master.volumeSizeLimitMB=256", "-volume.max=2000",
         ]
 
     def start(self, timeout: float = 60.0) -> SeaweedS3:
