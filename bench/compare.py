@@ -2,22 +2,24 @@
 
     python -m bench.compare [--big-mb 512] [--runs 7] [--workers 2] [--wrk-seconds 10]
 
-Starts CNCF distribution as the upstream and pushes three images to it (one large layer, a
-multi-layer image for real-client pulls, another for the herd). Then starts, side by side, each
+Starts CNCF distribution as the upstream and pushes images to it (large single layers,
+multi-layer images for real-client pulls and for herds). Then starts, side by side, each
 cache in front of it: mirror with server.workers: --workers, mirror as one process (`mirror1`),
 distribution in proxy mode and nginx proxy_cache (bench/nginx.py). Only one is measured at a
 time (the machine has two cores); repeated measurements go round-robin across the caches, so a
 change in background load hits all of them alike. Measured:
 
-- cold blob: first GET of the large layer (curl to /dev/null)
-- warm blob: the same GET --runs times more; the median is reported
+- cold blob: first GET of a large layer (curl to /dev/null); median over --cold-blobs layers
+- warm blob: GET of the first layer, --runs times more; the median is reported
 - manifest by tag: HEAD (ab -i) and GET (wrk) requests/s, with the one Accept line containerd
   sends (the client that HEADs)
 - real-client pull: `skopeo copy docker://... dir:` of a multi-layer image, cold (median of
   --cold-pulls images with the same shape and other bytes), then warm (median of three)
-- herd: 20 clients pull the cold herd image at once (manifest, config, layers), through a
-  fresh instance of each cache whose upstream traffic passes a RecordingProxy tap that counts
-  the bytes
+- herd: 20 clients pull a cold image at once (manifest, config, layers), through a fresh
+  instance of each cache whose upstream traffic passes a RecordingProxy tap that counts the
+  bytes; --herds images one after the other, median wall time, bytes per herd
+- before every cold measurement, os.sync(): dirty pages another step left (pushes, another
+  cache's download) would otherwise slow down the next cache that writes
 - peak RSS: VmHWM summed over the cache's processes (master and workers)
 
 Run by hand on a quiet machine (check `uptime`); never in CI."""
@@ -55,10 +57,14 @@ CACHES = ("mirror", "mirror1", "distribution", "nginx")
 
 @dataclass
 class Images:
-    big: PushedImage
+    bigs: list[PushedImage]  # one large layer each: the first for warm GETs, each GET cold once
     pull: PushedImage
     cold_pulls: list[PushedImage]  # same shape as `pull`, other bytes: each pulled cold once
-    herd: PushedImage
+    herds: list[PushedImage]  # same shape, other bytes: one herd each
+
+    @property
+    def big(self) -> PushedImage:
+        return self.bigs[0]
 
     @property
     def big_layer(self) -> tuple[str, int]:
@@ -69,7 +75,8 @@ class Images:
 @dataclass
 class Result:
     cache: str
-    cold_blob: float = 0.0  # MB/s
+    cold_blob: float = 0.0  # MB/s, median of runs
+    cold_runs: list[float] = field(default_factory=list)
     warm_blob: float = 0.0  # MB/s, median of runs
     warm_runs: list[float] = field(default_factory=list)
     head_rps: float = 0.0
@@ -79,9 +86,10 @@ class Result:
     pull_cold_runs: list[float] = field(default_factory=list)
     pull_warm: float = 0.0
     pull_warm_runs: list[float] = field(default_factory=list)
-    herd_wall: float = 0.0
-    herd_upstream_mib: float = 0.0
-    herd_upstream_gets: int = 0
+    herd_wall: float = 0.0  # median
+    herd_walls: list[float] = field(default_factory=list)
+    herd_upstream_mib: float = 0.0  # per herd (mean)
+    herd_upstream_gets: float = 0.0  # per herd (mean)
     rss_mib: float = 0.0
     notes: list[str] = field(default_factory=list)
 
@@ -160,12 +168,21 @@ def curl_time(url: str, headers: tuple[str, ...] = ()) -> tuple[int, int, float]
     return int(out[0]), int(out[1]), float(out[2])
 
 
-def cold_blob(c: Running, images: Images, r: Result) -> None:
-    digest, size = images.big_layer
-    status, n, secs = curl_time(f"http://{c.hostport}/v2/{images.big.repo}/blobs/{digest}")
-    if (status, n) != (200, size):
-        raise SystemExit(f"{c.name}: cold blob GET gave {status} with {n} of {size} bytes")
-    r.cold_blob = size / secs / 1e6
+def settle() -> None:
+    """Write back every dirty page first: what the previous step (a push, another cache's
+    download) left for the disk would otherwise slow down whoever writes next."""
+    os.sync()
+    time.sleep(0.5)
+
+
+def cold_blob(c: Running, image: PushedImage, r: Result) -> None:
+    layer = image.layers[0]
+    settle()
+    status, n, secs = curl_time(f"http://{c.hostport}/v2/{image.repo}/blobs/{layer.digest}")
+    if (status, n) != (200, layer.size):
+        raise SystemExit(f"{c.name}: cold blob GET gave {status} with {n} of {layer.size} bytes")
+    r.cold_runs.append(layer.size / secs / 1e6)
+    r.cold_blob = statistics.median(r.cold_runs)
 
 
 def check_warm_blob(c: Running, images: Images) -> None:
@@ -242,7 +259,8 @@ def skopeo_pull(hostport: str, image: PushedImage, dest: Path) -> float:
     return secs
 
 
-def herd(c: Running, image: PushedImage, clients: int, tap: RecordingProxy, r: Result) -> None:
+def herd(c: Running, image: PushedImage, clients: int, tap: RecordingProxy,
+         r: Result) -> None:
     """`clients` clients at once, each: manifest by tag, then config and layers in order on
     one keep-alive connection (curl). Client 0 is a Python client that hashes everything."""
     base = f"http://{c.hostport}/v2/{image.repo}"
@@ -272,61 +290,78 @@ def herd(c: Running, image: PushedImage, clients: int, tap: RecordingProxy, r: R
         want = [x for b in image.blobs for x in ("200", str(b.size))]
         return "ok" if out == want else f"curl got {out}"
 
+    settle()
+    tap.clear()
     wall, results = concurrently(clients, client)
     bad = [x for x in results if x != "ok"]
     if bad:
         raise SystemExit(f"{c.name}: {len(bad)} herd clients failed: {bad[:3]}")
     time.sleep(1.0)
     tap.wait_idle(60)
-    r.herd_wall = wall
-    r.herd_upstream_mib = tap.bytes_sent(kind="blob") / MiB
-    r.herd_upstream_gets = tap.count(method="GET", kind="blob")
+    r.herd_walls.append(wall)
+    r.herd_wall = statistics.median(r.herd_walls)
+    n = len(r.herd_walls)
+    r.herd_upstream_mib += (tap.bytes_sent(kind="blob") / MiB - r.herd_upstream_mib) / n
+    r.herd_upstream_gets += (tap.count(method="GET", kind="blob") - r.herd_upstream_gets) / n
 
 
 # -- the run ----------------------------------------------------------------------------------
 
-def push_images(upstream: str, big_mb: int, cold_pulls: int) -> Images:
+def push_images(upstream: str, args: argparse.Namespace) -> Images:
     p = ImagePusher(upstream)
-    big = p.push_image("bench/big", "latest", [big_layer(big_mb, seed="bench-big")])
+    bigs = [p.push_image("bench/big" if i == 0 else f"bench/big{i}", "latest",
+                         [big_layer(args.big_mb, seed="bench-big" if i == 0 else f"bench-big{i}")])
+            for i in range(args.cold_blobs)]
     layers = (64, 48, 32, 16, 8)
     pull = p.push_image("bench/app", "1", [big_layer(mb, seed=f"bench-app-{mb}")
                                            for mb in layers])
     cold = [p.push_image(f"bench/app{i}", "1", [big_layer(mb, seed=f"bench-app{i}-{mb}")
-                                                for mb in layers]) for i in range(cold_pulls)]
-    herd_img = p.push_image("bench/herd", "1", [big_layer(mb, seed=f"bench-herd-{mb}")
-                                                for mb in (48, 32, 16)])
-    return Images(big, pull, cold, herd_img)
+                                                for mb in layers])
+            for i in range(args.cold_pulls - 1)]
+    herds = [p.push_image(f"bench/herd{i}", "1", [big_layer(mb, seed=f"bench-herd{i}-{mb}")
+                                                   for mb in (48, 32, 16)])
+             for i in range(args.herds)]
+    return Images(bigs, pull, cold, herds)
+
+
+def rotated(names: list[str], i: int) -> list[str]:
+    """Round i starts with another cache: none is always first after a pause."""
+    k = i % len(names)
+    return names[k:] + names[:k]
 
 
 def side_by_side(names: list[str], upstream: RegistryProcess, images: Images,
                  args: argparse.Namespace, work: Path) -> dict[str, Result]:
     """Every cache running at once, idle while another is measured; repeated measurements go
-    round-robin, so a change in the machine's background load hits every cache alike."""
+    round-robin (each round starting with the next cache), so a change in the machine's
+    background load hits every cache alike."""
     results = {n: Result(n) for n in names}
     with ExitStack() as stack:
         running = {n: stack.enter_context(start_cache(n, upstream.url, work, args.workers))
                    for n in names}
-        for n in names:
-            cold_blob(running[n], images, results[n])
+        for i, image in enumerate(images.bigs):  # round-robin, each blob cold
+            for n in rotated(names, i):
+                cold_blob(running[n], image, results[n])
         time.sleep(1.0)  # distribution and nginx finish writing their cache file after replying
         for n in names:
             check_warm_blob(running[n], images)
-        for _ in range(args.runs):
-            for n in names:
+        for i in range(args.runs):
+            for n in rotated(names, i):
                 warm_blob(running[n], images, results[n])
         for n in names:
             r = results[n]
-            print(f"   {n}: blob cold {r.cold_blob:.0f} MB/s, warm {r.warm_blob:.0f} MB/s "
-                  f"{[round(x) for x in r.warm_runs]}", flush=True)
-        for image in [images.pull, *images.cold_pulls]:  # round-robin, each image cold
-            for n in names:
+            print(f"   {n}: blob cold {r.cold_blob:.0f} MB/s {[round(x) for x in r.cold_runs]}, "
+                  f"warm {r.warm_blob:.0f} MB/s {[round(x) for x in r.warm_runs]}", flush=True)
+        for i, image in enumerate([images.pull, *images.cold_pulls]):  # each image cold
+            for n in rotated(names, i):
                 r = results[n]
+                settle()
                 r.pull_cold_runs.append(skopeo_pull(running[n].hostport, image,
                                                     work / f"pull-{n}"))
                 r.pull_cold = statistics.median(r.pull_cold_runs)
         time.sleep(1.0)
-        for _ in range(3):
-            for n in names:
+        for i in range(3):
+            for n in rotated(names, i):
                 r = results[n]
                 r.pull_warm_runs.append(skopeo_pull(running[n].hostport, images.pull,
                                                     work / f"pull-{n}"))
@@ -347,10 +382,12 @@ def side_by_side(names: list[str], upstream: RegistryProcess, images: Images,
         r = results[n]
         with RecordingProxy(upstream.url) as tap, start_cache(n, tap.url, work,
                                                               args.workers) as c:
-            herd(c, images.herd, args.clients, tap, r)
+            for image in images.herds:
+                herd(c, image, args.clients, tap, r)
             r.rss_mib = max(r.rss_mib, tree_rss_mib(c.pid))
-        print(f"   {n}: herd of {args.clients}: {r.herd_wall:.2f}s, upstream "
-              f"{r.herd_upstream_mib:.0f} MiB in {r.herd_upstream_gets} GETs", flush=True)
+        print(f"   {n}: herd of {args.clients}: {r.herd_wall:.2f}s "
+              f"{[round(x, 2) for x in r.herd_walls]}, upstream {r.herd_upstream_mib:.0f} MiB "
+              f"in {r.herd_upstream_gets:.0f} GETs per herd", flush=True)
     return results
 
 
@@ -360,7 +397,7 @@ def ratio(a: float, b: float) -> str:
 
 def report(results: dict[str, Result], images: Images, args: argparse.Namespace) -> str:
     m, d, n = results.get("mirror"), results.get("distribution"), results.get("nginx")
-    herd_mib = sum(b.size for b in images.herd.blobs) / MiB
+    herd_mib = sum(b.size for b in images.herds[0].blobs) / MiB
 
     def row(label: str, get: Callable[[Result], float], fmt: str,
             lower_is_better: bool = False) -> list[object]:
@@ -377,20 +414,22 @@ def report(results: dict[str, Result], images: Images, args: argparse.Namespace)
 
     rows = [
         row("warm blob MB/s (median)", lambda r: r.warm_blob, ".0f"),
-        row("cold blob MB/s", lambda r: r.cold_blob, ".0f"),
+        row("cold blob MB/s (median)", lambda r: r.cold_blob, ".0f"),
         row("HEAD manifest by tag req/s (ab)", lambda r: r.head_rps, ".0f"),
         row("GET manifest by tag req/s (wrk)", lambda r: r.get_rps, ".0f"),
         row("skopeo pull cold s (median)", lambda r: r.pull_cold, ".2f", lower_is_better=True),
         row("skopeo pull warm s (median)", lambda r: r.pull_warm, ".2f", lower_is_better=True),
-        row(f"herd of {args.clients} wall s", lambda r: r.herd_wall, ".2f", lower_is_better=True),
-        row("herd upstream MiB", lambda r: r.herd_upstream_mib, ".0f", lower_is_better=True),
-        row("herd upstream blob GETs", lambda r: r.herd_upstream_gets, "d",
+        row(f"herd of {args.clients} wall s (median)", lambda r: r.herd_wall, ".2f",
+            lower_is_better=True),
+        row("herd upstream MiB (per herd)", lambda r: r.herd_upstream_mib, ".0f",
+            lower_is_better=True),
+        row("herd upstream blob GETs (per herd)", lambda r: r.herd_upstream_gets, ".0f",
             lower_is_better=True),
         row("peak RSS MiB (all processes)", lambda r: r.rss_mib, ".0f", lower_is_better=True),
     ]
     head = (f"large layer {images.big_layer[1] / MiB:.0f} MiB; pull image "
             f"{len(images.pull.layers)} layers, {sum(b.size for b in images.pull.blobs) / MiB:.0f}"
-            f" MiB; herd image {len(images.herd.layers)} layers, {herd_mib:.0f} MiB; mirror "
+            f" MiB; herd image {len(images.herds[0].layers)} layers, {herd_mib:.0f} MiB; mirror "
             f"server.workers: {args.workers}; ratios are mirror's advantage (>1 is better)")
     notes = [f"{r.cache}: {x}" for r in results.values() for x in r.notes]
     columns = [f"mirror ({args.workers} workers)" if c == "mirror" else
@@ -408,8 +447,12 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2, help="mirror server.workers")
     ap.add_argument("--clients", type=int, default=20, help="herd size")
     ap.add_argument("--wrk-seconds", type=int, default=10)
-    ap.add_argument("--cold-pulls", type=int, default=3,
+    ap.add_argument("--cold-pulls", type=int, default=4,
                     help="cold skopeo pulls per cache, each of another image (median)")
+    ap.add_argument("--cold-blobs", type=int, default=2,
+                    help="cold GETs of a large layer per cache, each of another layer (median)")
+    ap.add_argument("--herds", type=int, default=2,
+                    help="herds per cache, each on another cold image (median wall time)")
     ap.add_argument("--only", nargs="*", choices=CACHES, default=list(CACHES),
                     help="mirror1: mirror as one process, beside server.workers: --workers")
     ap.add_argument("--json", type=Path, help="also write the raw figures here")
@@ -421,7 +464,7 @@ def main() -> None:
     results: dict[str, Result] = {}
     try:
         with RegistryProcess(log_level="error") as upstream:
-            images = push_images(upstream.url, args.big_mb, args.cold_pulls - 1)
+            images = push_images(upstream.url, args)
             results = side_by_side(list(args.only), upstream, images, args, work)
         print()
         print(report(results, images, args))
