@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import hashlib
 import http.client
-import threading
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
+
+from tests.support.blobs import concurrently as concurrently  # shared with the tests
 
 MiB = 1024 * 1024
 
@@ -37,24 +37,6 @@ def get_hashed(hostport: str, path: str, headers: dict[str, str] | None = None,
             h.update(chunk)
     conn.close()
     return resp.status, n, ("sha256:" + h.hexdigest()) if h is not None else ""
-
-
-def concurrently(n: int, fn: Callable[[int], object]) -> tuple[float, list[object]]:
-    results: list[object] = [None] * n
-    barrier = threading.Barrier(n + 1)
-
-    def worker(i: int) -> None:
-        barrier.wait()
-        results[i] = fn(i)
-
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(n)]
-    for t in threads:
-        t.start()
-    barrier.wait()
-    t0 = time.perf_counter()
-    for t in threads:
-        t.join()
-    return time.perf_counter() - t0, results
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:

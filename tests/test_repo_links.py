@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
@@ -25,19 +26,23 @@ RULES = [
 ]
 
 
+@pytest.fixture
+async def mirror(aiohttp_client: ClientFactory, registry_tap: RecordingProxy,
+                 tmp_path: Path) -> TestClient[Any, Any]:
+    htpasswd = write_htpasswd(tmp_path / "htpasswd", {"alice": "alice-pw-1234",
+                                                     "bob": "bob-pw-1234"})
+    return await aiohttp_client(make_app(
+        {"docker.io": registry_tap.url}, tmp_path / "cache", prefetch={"enabled": False},
+        auth={"htpasswd": str(htpasswd), "rules": RULES}))
+
+
 def creds(user: str) -> dict[str, str]:
     token = base64.b64encode(f"{user}:{user}-pw-1234".encode()).decode()
     return {"Authorization": f"Basic {token}", "Accept": ACCEPT}
 
 
 async def test_cached_digest_is_not_served_through_another_repository(
-        aiohttp_client: ClientFactory, registry_tap: RecordingProxy, catalog: Catalog,
-        tmp_path: Path) -> None:
-    htpasswd = write_htpasswd(tmp_path / "htpasswd", {"alice": "alice-pw-1234",
-                                                     "bob": "bob-pw-1234"})
-    app = make_app({"docker.io": registry_tap.url}, tmp_path / "cache",
-                   prefetch={"enabled": False}, auth={"htpasswd": str(htpasswd), "rules": RULES})
-    mirror = await aiohttp_client(app)
+        mirror: TestClient[Any, Any], registry_tap: RecordingProxy, catalog: Catalog) -> None:
     private = catalog["org/team/app:1.0"]
     public = catalog["library/alpine-ish:3.19"]
     public_blobs = {b.digest for b in public.blobs}
@@ -80,13 +85,7 @@ async def test_cached_digest_is_not_served_through_another_repository(
 
 
 async def test_a_digest_the_upstream_confirms_is_linked_once(
-        aiohttp_client: ClientFactory, registry_tap: RecordingProxy, catalog: Catalog,
-        tmp_path: Path) -> None:
-    htpasswd = write_htpasswd(tmp_path / "htpasswd", {"alice": "alice-pw-1234",
-                                                     "bob": "bob-pw-1234"})
-    app = make_app({"docker.io": registry_tap.url}, tmp_path / "cache",
-                   prefetch={"enabled": False}, auth={"htpasswd": str(htpasswd), "rules": RULES})
-    mirror = await aiohttp_client(app)
+        mirror: TestClient[Any, Any], registry_tap: RecordingProxy, catalog: Catalog) -> None:
     img = catalog["library/alpine-ish:3.19-oci"]
     layer = img.layers[0]
     # by digest, never through a tag: the first request asks the upstream (HEAD, then GET)

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import http.client
-import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.support import Fault, RecordingProxy, fetch
-from tests.support.blobs import MiB, PushedBlob, push_random_blob
+from tests.support.blobs import MiB, PushedBlob, concurrently, push_random_blob
 from tests.support.client import Reply
 from tests.support.mirror_proc import MirrorProcess, mirror_config
 
@@ -41,19 +40,7 @@ def hashed_get(url: str, headers: dict[str, str] | None = None) -> tuple[Reply, 
 
 
 def run_concurrently(n: int, fn: Callable[[int], object]) -> list[object]:
-    results: list[object] = [None] * n
-    barrier = threading.Barrier(n)
-
-    def worker(i: int) -> None:
-        barrier.wait()
-        results[i] = fn(i)
-
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(n)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(300)
-    return results
+    return concurrently(n, fn)[1]
 
 
 @pytest.fixture

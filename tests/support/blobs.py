@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,3 +47,22 @@ def push_random_blob(registry_url: str, repo: str, size: int, workdir: Path) -> 
     blob = PushedBlob(repo, "sha256:" + h.hexdigest(), size, path)
     RegistryClient(registry_url).push_blob(repo, blob.digest, size, blob.chunks)
     return blob
+
+
+def concurrently(n: int, fn: Callable[[int], object]) -> tuple[float, list[object]]:
+    """Run fn(0..n-1) in n threads released together; returns (wall seconds, results)."""
+    results: list[object] = [None] * n
+    barrier = threading.Barrier(n + 1)
+
+    def worker(i: int) -> None:
+        barrier.wait()
+        results[i] = fn(i)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    barrier.wait()
+    t0 = time.perf_counter()
+    for t in threads:
+        t.join(600)
+    return time.perf_counter() - t0, results
