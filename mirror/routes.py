@@ -174,7 +174,9 @@ async def _blob(request: web.Request, route: Route, ref_text: str,
                 rec.result = "error"
                 return resp
         elif handle.path is not None:
-            resp = SendfileResponse(open_for_sendfile(handle.path), start,
+            # Already open with server.workers > 1 (another worker may evict the path).
+            fobj, handle.file = handle.file or open_for_sendfile(handle.path), None
+            resp = SendfileResponse(fobj, start,
                                                         count, status=status, headers=headers)
             await resp.prepare(request)
             sent = count

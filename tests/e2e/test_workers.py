@@ -198,3 +198,20 @@ def test_workers_share_tags_and_manifests(workers: MirrorProcess, registry_tap: 
         assert r.status == 200 and r.body == image.manifest
     manifests = registry_tap.filter(kind="manifest")
     assert len(manifests) == 1, registry_tap.describe()  # the first pull's GET, nothing more
+
+
+def test_a_hit_whose_file_another_worker_evicted_is_fetched_again(
+        workers: MirrorProcess, registry_tap: RecordingProxy, catalog: Catalog,
+        tmp_path: Path) -> None:
+    layer = catalog["library/alpine-ish:3.19"].layers[0]
+    url = f"{workers.url}/v2/library/alpine-ish/blobs/{layer.digest}"
+    for _ in range(6):  # fresh connections: both workers learn the blob
+        reply, digest = hashed_get(url)
+        assert reply.status == 200 and digest == layer.digest
+    # What eviction by the worker keeping the budget does, behind both workers' backs.
+    (tmp_path / "cache" / "blobs" / "sha256" / layer.digest[7:9] / layer.digest[7:]).unlink()
+    registry_tap.clear()
+    for _ in range(6):
+        reply, digest = hashed_get(url)
+        assert reply.status == 200 and digest == layer.digest, reply.status
+    assert 1 <= registry_tap.count(method="GET", kind="blob") <= 2  # once per worker at most
