@@ -29,6 +29,7 @@ import os
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import tempfile
 import time
@@ -40,6 +41,7 @@ from types import FrameType
 from aiohttp import web
 
 from mirror.config import Config
+from mirror.db import Database
 
 log = logging.getLogger("mirror.workers")
 STOP_TIMEOUT = 15.0  # seconds a worker gets to finish after SIGTERM
@@ -154,6 +156,14 @@ class Supervisor:
         swept = sweep_tmp(self.config.cache.dir)
         if swept:
             log.info("removed %d unfinished downloads from %s", swept, self.config.cache.dir / "tmp")
+        try:
+            # Create the index (schema, WAL mode) once: two workers switching a new database
+            # to WAL at the same moment fail with "database is locked".
+            Database(self.config.cache.dir / "index.db").close_sync()
+        except (OSError, sqlite3.Error) as e:
+            log.error("cannot open the cache index in %s: %s", self.config.cache.dir, e)
+            reserve.close()
+            return 1
         self.metrics_dir = Path(tempfile.mkdtemp(prefix="mirror-metrics-"))
         self._pipe_r, self._pipe_w = os.pipe()
         old = {sig: signal.signal(sig, self._on_signal)

@@ -69,6 +69,7 @@ def workers(registry_tap: RecordingProxy, tmp_path: Path) -> Iterator[MirrorProc
         wait_for("two workers", lambda: len(children(sup)) == 2)
         wait_for("both workers listening", lambda: all(
             fetch(f"{proc.url}/healthz").status == 200 for _ in range(6)))
+        assert "exited" not in proc.log_text(), proc.log_text()  # both started first time
         yield proc
 
 
