@@ -74,7 +74,8 @@ def main() -> None:
                             args.clients, b.digest, b.size)
             rows.append(["distribution proxy", args.clients, wall, wall / single, wall / warm,
                          tap.count(method="GET", kind="blob"),
-                         tap.bytes_sent(kind="blob") / MiB, peak_rss_mib(proxy.pid)])
+                         tap.bytes_sent(kind="blob") / MiB,
+                         peak_rss_mib(proxy.pid) if proxy.pid is not None else float("nan")])
     print(f"\nHerd: {args.clients} clients, one cold {args.mb} MiB blob "
           f"(single cold fetch through mirror: {single:.2f} s)\n")
     print(table(["cache", "clients", "wall s", "x single cold", "x same herd warm",

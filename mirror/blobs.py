@@ -11,6 +11,7 @@ import logging
 import os
 import time
 import weakref
+from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,7 +64,8 @@ class BlobHandle:
 
 class BlobFetcher:
     def __init__(self, tier: DiskTier, metrics: Metrics, offline: bool,
-                 finish_abandoned: bool = True, shared: SharedDownloads | None = None) -> None:
+                 finish_abandoned: bool = True, shared: SharedDownloads | None = None,
+                 prefetch_parallel: int = 4) -> None:
         self.tier = tier
         # server.workers > 1: downloads are single-flight across the processes sharing `tier`.
         self.shared = shared
@@ -80,9 +82,16 @@ class BlobFetcher:
         # After ENOSPC the hot tier is given time to evict; meanwhile misses stream through.
         self.disk_full_until = 0.0
         self._evictions: set[asyncio.Future[tuple[int, int]]] = set()
+        # Prefetches wait in manifest order, `prefetch_parallel` at a time: a client that
+        # reads layers one after another finds the next one under way, and the prefetches do
+        # not take the CPU and the link from the download it is waiting for (bench/README.md).
+        self.prefetch_parallel = max(1, prefetch_parallel)
+        self._prefetch_queue: deque[tuple[UpstreamClient, str, Digest, int | None]] = deque()
+        self._prefetching = 0
 
     async def close(self) -> None:
         """Stop every download: their temp files are removed, nothing half-written stays."""
+        self._prefetch_queue.clear()
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -199,15 +208,37 @@ class BlobFetcher:
             fetch.task.cancel()
 
     def prefetch(self, client: UpstreamClient, repo: str, digest: Digest, size: int | None) -> bool:
-        """Start fetching a blob nobody asked for yet. False if cached or already in flight."""
-        if self.offline or self.tier.entry(digest) is not None or str(digest) in self._fetches:
+        """Queue a blob nobody asked for yet. False if cached or already in flight."""
+        if self._needless(digest):
             return False
-        if self.shared is not None and (self.shared.learn_final(digest)
-                                        or self.shared.downloading_elsewhere(digest)):
-            return False
-        self._start(client, repo, digest, size)
-        self.metrics.prefetches.labels(client.name, "blob").inc()
+        self._prefetch_queue.append((client, repo, digest, size))
+        self._pump_prefetches()
         return True
+
+    def _needless(self, digest: Digest) -> bool:
+        if self.offline or self.tier.entry(digest) is not None or str(digest) in self._fetches:
+            return True
+        return self.shared is not None and (self.shared.learn_final(digest)
+                                            or self.shared.downloading_elsewhere(digest))
+
+    def _pump_prefetches(self) -> None:
+        # A queued blob that a client asked for meanwhile is in flight already: skipped here.
+        while self._prefetching < self.prefetch_parallel and self._prefetch_queue:
+            client, repo, digest, size = self._prefetch_queue.popleft()
+            if self._needless(digest):
+                continue
+            fetch = self._start(client, repo, digest, size)
+            self.metrics.prefetches.labels(client.name, "blob").inc()
+            self._prefetching += 1
+            assert fetch.task is not None
+            fetch.task.add_done_callback(self._prefetch_done)
+
+    def _prefetch_done(self, _task: asyncio.Task[None]) -> None:
+        self._prefetching -= 1
+        self._pump_prefetches()
+
+    def prefetches_queued(self) -> int:
+        return len(self._prefetch_queue)
 
     async def wait(self, digest: Digest) -> None:
         """Wait for an in-flight fetch of `digest` to end (tests, seeding)."""

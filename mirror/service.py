@@ -87,7 +87,7 @@ class PullService:
         self.clients = clients
         self.metrics = metrics
         self.blobs = BlobFetcher(tier, metrics, config.offline, config.finish_abandoned_fetches,
-                                 workers)
+                                 workers, prefetch_parallel=config.prefetch.parallel)
         # server.workers > 1: other processes write the same cache; what memory lacks or
         # holds as stale may be on disk or in the index already.
         self.multiprocess = workers is not None

@@ -48,6 +48,7 @@ class RecordedRequest:
     error: str | None = None
     done: bool = False
     started: float = field(default_factory=time.monotonic)
+    finished: float | None = None  # monotonic time the response ended (tap only)
 
     def header(self, name: str) -> str | None:
         """First value of a request header (case-insensitive), or None."""

@@ -10,6 +10,7 @@ import asyncio
 import socket
 import struct
 import threading
+import time
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
@@ -161,6 +162,7 @@ class RecordingProxy(Recorder):
         try:
             return await self._proxy(request, rec)
         finally:
+            rec.finished = time.monotonic()
             rec.done = True
 
     async def _proxy(self, request: web.Request, rec: RecordedRequest) -> web.StreamResponse:

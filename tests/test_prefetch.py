@@ -1,0 +1,123 @@
+"""Prefetch: a manifest's blobs are fetched before clients ask, in manifest order and at most
+`prefetch.parallel` at a time; a client's own request never waits behind the queue. Against
+the real registry through the recording tap, which slows blob bodies down so that overlaps
+show."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import uuid
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+
+from tests.support import Catalog, RecordingProxy
+from tests.support.images import MT_DOCKER_MANIFEST, ImagePusher, PushedImage, synthetic_layer
+from tests.support.mirror_app import make_app
+from tests.support.recording import RecordedRequest
+from tests.support.tap import Fault
+
+ClientFactory = Callable[[web.Application], Awaitable[TestClient[Any, Any]]]
+MiB = 1024 * 1024
+
+
+def push_four_layers(catalog: Catalog) -> PushedImage:
+    tag = uuid.uuid4().hex[:8]
+    layers = [synthetic_layer(f"pf{i}-{tag}", kib=256) for i in range(4)]
+    return ImagePusher(catalog.registry_url).push_image(f"prefetch/order-{tag}", "1", layers)
+
+
+def blob_gets(tap: RecordingProxy) -> list[RecordedRequest]:
+    return [r for r in tap.requests if r.kind == "blob" and r.method == "GET"]
+
+
+async def all_blobs_fetched(tap: RecordingProxy, image: PushedImage) -> list[RecordedRequest]:
+    for _ in range(400):
+        gets = blob_gets(tap)
+        if len(gets) >= len(image.blobs) and all(r.finished is not None for r in gets):
+            await asyncio.sleep(0.2)  # anything beyond the expected fetches shows up too
+            return blob_gets(tap)
+        await asyncio.sleep(0.025)
+    raise AssertionError(f"prefetch did not fetch every blob: {len(blob_gets(tap))} GETs")
+
+
+def most_at_once(gets: list[RecordedRequest]) -> int:
+    events = sorted([(r.started, 1) for r in gets] + [(r.finished or 0.0, -1) for r in gets],
+                    key=lambda e: (e[0], e[1]))
+    now = peak = 0
+    for _, step in events:
+        now += step
+        peak = max(peak, now)
+    return peak
+
+
+async def mirror_for(aiohttp_client: ClientFactory, tap: RecordingProxy, tmp_path: Path,
+                     parallel: int) -> TestClient[Any, Any]:
+    tap.set_fault(Fault("slow", rate=2 * MiB, match="/blobs/", method="GET"))
+    return await aiohttp_client(make_app({"docker.io": tap.url}, tmp_path / "cache",
+                                         prefetch={"parallel": parallel}))
+
+
+async def get_manifest(client: TestClient[Any, Any], image: PushedImage) -> None:
+    r = await client.get(f"/v2/{image.repo}/manifests/1", headers={"Accept": MT_DOCKER_MANIFEST})
+    assert r.status == 200
+    assert await r.read() == image.manifest
+
+
+async def assert_served_from_cache(client: TestClient[Any, Any], tap: RecordingProxy,
+                                   image: PushedImage) -> None:
+    before = len(tap.requests)
+    for b in image.blobs:
+        r = await client.get(f"/v2/{image.repo}/blobs/{b.digest}")
+        assert r.status == 200
+        assert "sha256:" + hashlib.sha256(await r.read()).hexdigest() == b.digest
+    assert len(tap.requests) == before, "prefetched blobs must be served without upstream"
+
+
+async def test_prefetch_fetches_in_manifest_order_one_at_a_time(
+        aiohttp_client: ClientFactory, registry_tap: RecordingProxy, catalog: Catalog,
+        tmp_path: Path) -> None:
+    image = push_four_layers(catalog)
+    client = await mirror_for(aiohttp_client, registry_tap, tmp_path, parallel=1)
+    await get_manifest(client, image)
+    gets = await all_blobs_fetched(registry_tap, image)
+    assert [r.path.rsplit("/", 1)[1] for r in gets] == [b.digest for b in image.blobs]
+    assert most_at_once(gets) == 1
+    await assert_served_from_cache(client, registry_tap, image)
+
+
+@pytest.mark.parametrize("parallel", [2, 3])
+async def test_prefetch_runs_at_most_parallel_at_once(
+        aiohttp_client: ClientFactory, registry_tap: RecordingProxy, catalog: Catalog,
+        tmp_path: Path, parallel: int) -> None:
+    image = push_four_layers(catalog)
+    client = await mirror_for(aiohttp_client, registry_tap, tmp_path, parallel=parallel)
+    await get_manifest(client, image)
+    gets = await all_blobs_fetched(registry_tap, image)
+    assert sorted(r.path.rsplit("/", 1)[1] for r in gets) == sorted(b.digest for b in image.blobs)
+    assert most_at_once(gets) == parallel  # bounded, and really parallel
+    await assert_served_from_cache(client, registry_tap, image)
+
+
+async def test_a_client_request_does_not_wait_behind_queued_prefetches(
+        aiohttp_client: ClientFactory, registry_tap: RecordingProxy, catalog: Catalog,
+        tmp_path: Path) -> None:
+    image = push_four_layers(catalog)
+    client = await mirror_for(aiohttp_client, registry_tap, tmp_path, parallel=1)
+    await get_manifest(client, image)
+    last = image.blobs[-1]  # queued behind the config and three layers
+    r = await client.get(f"/v2/{image.repo}/blobs/{last.digest}")
+    assert r.status == 200
+    assert "sha256:" + hashlib.sha256(await r.read()).hexdigest() == last.digest
+    gets = await all_blobs_fetched(registry_tap, image)
+    by_digest = {r.path.rsplit("/", 1)[1]: r for r in gets}
+    assert len(gets) == len(by_digest) == len(image.blobs), "each blob fetched upstream once"
+    first = by_digest[image.blobs[0].digest]
+    assert first.finished is not None
+    assert by_digest[last.digest].started < first.finished, "the client's blob was queued"
+    await assert_served_from_cache(client, registry_tap, image)
