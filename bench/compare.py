@@ -13,8 +13,13 @@ change in background load hits all of them alike. Measured:
 - warm blob: GET of the first layer, --runs times more; the median is reported
 - manifest by tag: HEAD (ab -i) and GET (wrk) requests/s, with the one Accept line containerd
   sends (the client that HEADs)
-- real-client pull: `skopeo copy docker://... dir:` of a multi-layer image, cold (median of
-  --cold-pulls images with the same shape and other bytes), then warm (median of three)
+- real-client pull of a multi-layer image, two ways: `skopeo copy docker://... dir:`, which
+  fetches one layer after another, and `skopeo copy ... oci:`, which fetches the layers at once
+  (as containerd and dockerd do); cold (median of --cold-pulls images each, same shape, other
+  bytes; rounds rotate which cache goes first, and the rounds each cache won are counted), then
+  warm (median of three); plus the CPU seconds the cache's processes spent per cold pull
+- client ceiling: what curl receives here from a server that sends the same number of bytes
+  from memory, touching no file: no cache can serve a single curl faster than that
 - herd: 20 clients pull a cold image at once (manifest, config, layers), through a fresh
   instance of each cache whose upstream traffic passes a RecordingProxy tap that counts the
   bytes; --herds images one after the other, median wall time, bytes per herd
@@ -27,12 +32,15 @@ Run by hand on a quiet machine (check `uptime`); never in CI."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shutil
+import socket
 import statistics
 import subprocess
 import tempfile
+import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -42,6 +50,7 @@ from pathlib import Path
 
 from bench.common import MiB, concurrently, get_hashed, peak_rss_mib, table
 from bench.nginx import NginxCache
+from tests.support.daemons import Containerd
 from tests.support.images import MT_DOCKER_MANIFEST, ImagePusher, PushedImage, big_layer
 from tests.support.mirror_proc import MirrorProcess, mirror_config
 from tests.support.registry import RegistryProcess
@@ -53,6 +62,9 @@ CONTAINERD_ACCEPT = ("application/vnd.docker.distribution.manifest.v2+json, "
                      "application/vnd.oci.image.manifest.v1+json, "
                      "application/vnd.oci.image.index.v1+json, */*")
 CACHES = ("mirror", "mirror1", "distribution", "nginx")
+# Real-client pulls: skopeo 1.9 into dir: takes one layer after another, into oci: all at
+# once; `ctr content fetch` is containerd's own pull (all at once), without the unpacking.
+LAYOUTS = ("dir", "oci", "ctr")
 
 
 @dataclass
@@ -60,7 +72,13 @@ class Images:
     bigs: list[PushedImage]  # one large layer each: the first for warm GETs, each GET cold once
     pull: PushedImage
     cold_pulls: list[PushedImage]  # same shape as `pull`, other bytes: each pulled cold once
+    par_pulls: list[PushedImage]  # same shape: each pulled cold once with layers in parallel
+    ctr_pulls: list[PushedImage]  # same shape: each pulled cold once by containerd
     herds: list[PushedImage]  # same shape, other bytes: one herd each
+
+    def cold_images(self, layout: str) -> list[PushedImage]:
+        return {"dir": [self.pull, *self.cold_pulls], "oci": self.par_pulls,
+                "ctr": self.ctr_pulls}[layout]
 
     @property
     def big(self) -> PushedImage:
@@ -73,6 +91,29 @@ class Images:
 
 
 @dataclass
+class Pulls:
+    """Real-client pulls of one kind through one cache."""
+
+    cold_runs: list[float] = field(default_factory=list)  # seconds, one per image
+    cold_cpu: list[float] = field(default_factory=list)  # CPU seconds of the cache per pull
+    warm_runs: list[float] = field(default_factory=list)
+    # rounds in which a mirror's cold pull ("mirror", "mirror1") was faster than this cache's
+    beaten_by: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def cold(self) -> float:
+        return statistics.median(self.cold_runs) if self.cold_runs else 0.0
+
+    @property
+    def warm(self) -> float:
+        return statistics.median(self.warm_runs) if self.warm_runs else 0.0
+
+    @property
+    def cpu(self) -> float:
+        return statistics.mean(self.cold_cpu) if self.cold_cpu else 0.0
+
+
+@dataclass
 class Result:
     cache: str
     cold_blob: float = 0.0  # MB/s, median of runs
@@ -82,10 +123,8 @@ class Result:
     head_rps: float = 0.0
     head_errors: int = 0
     get_rps: float = 0.0
-    pull_cold: float = 0.0  # seconds, median
-    pull_cold_runs: list[float] = field(default_factory=list)
-    pull_warm: float = 0.0
-    pull_warm_runs: list[float] = field(default_factory=list)
+    # skopeo pulls by layout: "dir" (one layer after another), "oci" (layers at once)
+    pulls: dict[str, Pulls] = field(default_factory=dict)
     herd_wall: float = 0.0  # median
     herd_walls: list[float] = field(default_factory=list)
     herd_upstream_mib: float = 0.0  # per herd (mean)
@@ -112,6 +151,18 @@ def process_tree(pid: int) -> list[int]:
 
 def tree_rss_mib(pid: int) -> float:
     return sum(peak_rss_mib(p) for p in process_tree(pid))
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of pid and its descendants (all threads)."""
+    ticks = 0
+    for p in process_tree(pid):
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 @dataclass
@@ -157,6 +208,49 @@ def _wait_workers(pid: int, workers: int) -> None:
 
 
 # -- measurements ------------------------------------------------------------------------------
+
+class MemoryServer:
+    """The client ceiling: an HTTP server on a thread that answers every GET with `size` bytes
+    from one 4 MiB buffer in memory (no file, no cache, no parsing beyond the request line).
+    What curl receives from it is the most any cache can deliver to one curl here."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}/"
+        self.runs: list[float] = []  # MB/s
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        buf = memoryview(bytes(4 * MiB))
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with conn:
+                conn.recv(65536)
+                conn.sendall(f"HTTP/1.1 200 OK\r\nContent-Length: {self.size}\r\n"
+                             "Connection: close\r\n\r\n".encode())
+                left = self.size
+                while left:
+                    n = min(left, len(buf))
+                    conn.sendall(buf[:n])
+                    left -= n
+
+    def measure(self) -> None:
+        status, n, secs = curl_time(self.url)
+        if (status, n) != (200, self.size):
+            raise SystemExit(f"memory server: {status} with {n} of {self.size} bytes")
+        self.runs.append(self.size / secs / 1e6)
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.runs) if self.runs else 0.0
+
+    def close(self) -> None:
+        self.sock.close()
+
 
 def curl_time(url: str, headers: tuple[str, ...] = ()) -> tuple[int, int, float]:
     """(status, bytes, seconds) of one GET into /dev/null, timed by curl itself."""
@@ -240,22 +334,53 @@ def head_rps(c: Running, image: PushedImage, seconds: int, work: Path, r: Result
             r.notes.append("wrk " + line.strip())
 
 
-def skopeo_pull(hostport: str, image: PushedImage, dest: Path) -> float:
+def skopeo_pull(hostport: str, image: PushedImage, dest: Path, layout: str = "dir") -> float:
+    """Seconds for `skopeo copy` of the image. layout "dir": skopeo 1.9 fetches one blob after
+    another; "oci" (an OCI layout, which takes blobs concurrently): all layers at once."""
     shutil.rmtree(dest, ignore_errors=True)
+    target = f"dir:{dest}" if layout == "dir" else f"oci:{dest}:pulled"
     t0 = time.perf_counter()
     proc = subprocess.run(
         ["skopeo", "--insecure-policy", "copy", "--src-tls-verify=false", "--quiet",
-         f"docker://{hostport}/{image.repo}:{image.tag}", f"dir:{dest}"],
+         f"docker://{hostport}/{image.repo}:{image.tag}", target],
         capture_output=True, text=True, check=False)
     secs = time.perf_counter() - t0
     if proc.returncode != 0:
         raise SystemExit(f"skopeo pull from {hostport} failed: {proc.stderr.strip()[-500:]}")
-    manifest = json.loads((dest / "manifest.json").read_bytes())
-    got = {b["digest"] for b in [manifest["config"], *manifest["layers"]]}
-    want = {b.digest for b in image.blobs}
+    if layout == "dir":
+        manifest = json.loads((dest / "manifest.json").read_bytes())
+    else:
+        index = json.loads((dest / "index.json").read_bytes())
+        algo, hexd = index["manifests"][0]["digest"].split(":")
+        manifest = json.loads((dest / "blobs" / algo / hexd).read_bytes())
+        for b in [manifest["config"], *manifest["layers"]]:  # skopeo checked these; once more
+            algo, hexd = b["digest"].split(":")
+            if (dest / "blobs" / algo / hexd).stat().st_size != b["size"]:
+                raise SystemExit(f"skopeo pull from {hostport}: {b['digest']} has a wrong size")
+    # Into an OCI layout skopeo converts a Docker manifest, and the config with it (new
+    # digest); the layers are copied as they are.
+    blobs = manifest["layers"] if layout == "oci" else [manifest["config"], *manifest["layers"]]
+    got = {b["digest"] for b in blobs}
+    want = {b.digest for b in (image.layers if layout == "oci" else image.blobs)}
     if got != want:
         raise SystemExit(f"skopeo pull from {hostport}: blobs {got} != {want}")
     shutil.rmtree(dest, ignore_errors=True)
+    return secs
+
+
+def ctr_pull(daemon: Containerd, hostport: str, image: PushedImage, namespace: str) -> float:
+    """Seconds for containerd to fetch the image into a namespace of its own (content is not
+    shared between namespaces here, so every blob is fetched), checked by digest."""
+    t0 = time.perf_counter()
+    proc = daemon.ctr("content", "fetch", "--plain-http", f"{hostport}/{image.repo}:{image.tag}",
+                      namespace=namespace, check=False)
+    secs = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise SystemExit(f"ctr content fetch from {hostport} failed: {proc.stderr.strip()[-500:]}")
+    listed = daemon.ctr("content", "ls", "-q", namespace=namespace).stdout.split()
+    missing = {b.digest for b in image.blobs} - set(listed)
+    if missing:
+        raise SystemExit(f"ctr content fetch from {hostport}: {sorted(missing)} not stored")
     return secs
 
 
@@ -318,10 +443,13 @@ def push_images(upstream: str, args: argparse.Namespace) -> Images:
     cold = [p.push_image(f"bench/app{i}", "1", [big_layer(mb, seed=f"bench-app{i}-{mb}")
                                                 for mb in layers])
             for i in range(args.cold_pulls - 1)]
+    par, ctr = ([p.push_image(f"bench/{kind}{i}", "1", [big_layer(mb, seed=f"bench-{kind}{i}-{mb}")
+                                                        for mb in layers])
+                 for i in range(args.cold_pulls)] for kind in ("par", "ctr"))
     herds = [p.push_image(f"bench/herd{i}", "1", [big_layer(mb, seed=f"bench-herd{i}-{mb}")
                                                    for mb in (48, 32, 16)])
              for i in range(args.herds)]
-    return Images(bigs, pull, cold, herds)
+    return Images(bigs, pull, cold, par, ctr, herds)
 
 
 def rotated(names: list[str], i: int) -> list[str]:
@@ -331,7 +459,8 @@ def rotated(names: list[str], i: int) -> list[str]:
 
 
 def side_by_side(names: list[str], upstream: RegistryProcess, images: Images,
-                 args: argparse.Namespace, work: Path) -> dict[str, Result]:
+                 args: argparse.Namespace, work: Path, ceiling: MemoryServer
+                 ) -> dict[str, Result]:
     """Every cache running at once, idle while another is measured; repeated measurements go
     round-robin (each round starting with the next cache), so a change in the machine's
     background load hits every cache alike."""
@@ -348,29 +477,23 @@ def side_by_side(names: list[str], upstream: RegistryProcess, images: Images,
         for i in range(args.runs):
             for n in rotated(names, i):
                 warm_blob(running[n], images, results[n])
+            ceiling.measure()
+        print(f"   client ceiling (memory -> curl): {ceiling.median:.0f} MB/s "
+              f"{[round(x) for x in ceiling.runs]}", flush=True)
         for n in names:
             r = results[n]
             print(f"   {n}: blob cold {r.cold_blob:.0f} MB/s {[round(x) for x in r.cold_runs]}, "
                   f"warm {r.warm_blob:.0f} MB/s {[round(x) for x in r.warm_runs]}", flush=True)
-        for i, image in enumerate([images.pull, *images.cold_pulls]):  # each image cold
-            for n in rotated(names, i):
-                r = results[n]
-                settle()
-                r.pull_cold_runs.append(skopeo_pull(running[n].hostport, image,
-                                                    work / f"pull-{n}"))
-                r.pull_cold = statistics.median(r.pull_cold_runs)
-        time.sleep(1.0)
-        for i in range(3):
-            for n in rotated(names, i):
-                r = results[n]
-                r.pull_warm_runs.append(skopeo_pull(running[n].hostport, images.pull,
-                                                    work / f"pull-{n}"))
-                r.pull_warm = statistics.median(r.pull_warm_runs)
-        for n in names:
-            r = results[n]
-            print(f"   {n}: skopeo pull cold {r.pull_cold:.2f}s "
-                  f"{[round(x, 2) for x in r.pull_cold_runs]}, warm {r.pull_warm:.2f}s "
-                  f"{[round(x, 2) for x in r.pull_warm_runs]}", flush=True)
+        daemon = None
+        if shutil.which("containerd") and shutil.which("ctr"):
+            daemon = Containerd(work / "containerd")
+            daemon.start()
+            stack.callback(daemon.stop)
+        for layout in LAYOUTS:
+            if layout == "ctr" and daemon is None:
+                print("   containerd or ctr not installed: no ctr pulls", flush=True)
+                continue
+            pull_rounds(names, running, images, layout, work, results, daemon)
         for n in names:
             r = results[n]
             head_rps(running[n], images.pull, args.wrk_seconds, work, r)
@@ -391,25 +514,74 @@ def side_by_side(names: list[str], upstream: RegistryProcess, images: Images,
     return results
 
 
+def pull_rounds(names: list[str], running: dict[str, Running], images: Images, layout: str,
+                work: Path, results: dict[str, Result], daemon: Containerd | None) -> None:
+    """Each cold image through every cache (round i starts with cache i), then three warm
+    pulls of the first. CPU seconds are read a second after the pull: distribution stores a
+    blob with a second download after it answered, and that is part of its cost."""
+    for n in names:
+        results[n].pulls[layout] = Pulls()
+    cold = images.cold_images(layout)
+    count = iter(range(1_000_000))
+
+    def pull(n: str, image: PushedImage) -> float:
+        if layout != "ctr":
+            return skopeo_pull(running[n].hostport, image, work / f"pull-{n}", layout)
+        assert daemon is not None
+        return ctr_pull(daemon, running[n].hostport, image, f"{n}-{next(count)}")
+
+    for i, image in enumerate(cold):
+        secs: dict[str, float] = {}
+        for n in rotated(names, i):
+            settle()
+            f = results[n].pulls[layout]
+            cpu0 = tree_cpu_seconds(running[n].pid)
+            secs[n] = pull(n, image)
+            time.sleep(1.0)
+            f.cold_runs.append(secs[n])
+            f.cold_cpu.append(tree_cpu_seconds(running[n].pid) - cpu0)
+        for mine in ("mirror", "mirror1"):
+            for n, t in secs.items():
+                if mine in secs and not n.startswith("mirror"):
+                    beaten = results[n].pulls[layout].beaten_by
+                    beaten[mine] = beaten.get(mine, 0) + (secs[mine] < t)
+    time.sleep(1.0)
+    for i in range(3):
+        for n in rotated(names, i):
+            results[n].pulls[layout].warm_runs.append(pull(n, cold[0]))
+    for n in names:
+        f = results[n].pulls[layout]
+        print(f"   {n}: {layout} pull: cold {f.cold:.2f}s {[round(x, 2) for x in f.cold_runs]}"
+              f" ({f.cpu:.2f} CPU-s each), warm {f.warm:.2f}s "
+              f"{[round(x, 2) for x in f.warm_runs]}", flush=True)
+
+
+def pulls(r: Result, layout: str) -> Pulls:
+    return r.pulls.get(layout) or Pulls()
+
+
 def ratio(a: float, b: float) -> str:
     return f"{a / b:.2f}x" if b else "-"
 
 
-def report(results: dict[str, Result], images: Images, args: argparse.Namespace) -> str:
+def report(results: dict[str, Result], images: Images, args: argparse.Namespace,
+           ceiling: MemoryServer) -> str:
     m, d, n = results.get("mirror"), results.get("distribution"), results.get("nginx")
+    m1 = results.get("mirror1")
     herd_mib = sum(b.size for b in images.herds[0].blobs) / MiB
 
     def row(label: str, get: Callable[[Result], float], fmt: str,
             lower_is_better: bool = False) -> list[object]:
         vals = [get(results[c]) for c in results]
-        cells: list[object] = [label] + [format(v, fmt) if v is not None else "-" for v in vals]
-        for other in (d, n):
-            if m is None or other is None:
+        cells: list[object] = [label]
+        cells += [format(v, fmt) for v in vals]
+        for mine, other in ((m, d), (m, n), (m1, d)):
+            if mine is None or other is None:
                 cells.append("-")
             elif lower_is_better:
-                cells.append(ratio(get(other), get(m)))
+                cells.append(ratio(get(other), get(mine)))
             else:
-                cells.append(ratio(get(m), get(other)))
+                cells.append(ratio(get(mine), get(other)))
         return cells
 
     rows = [
@@ -417,8 +589,24 @@ def report(results: dict[str, Result], images: Images, args: argparse.Namespace)
         row("cold blob MB/s (median)", lambda r: r.cold_blob, ".0f"),
         row("HEAD manifest by tag req/s (ab)", lambda r: r.head_rps, ".0f"),
         row("GET manifest by tag req/s (wrk)", lambda r: r.get_rps, ".0f"),
-        row("skopeo pull cold s (median)", lambda r: r.pull_cold, ".2f", lower_is_better=True),
-        row("skopeo pull warm s (median)", lambda r: r.pull_warm, ".2f", lower_is_better=True),
+        row("skopeo pull cold s, layers in turn (median)", lambda r: r.pulls["dir"].cold, ".2f",
+            lower_is_better=True),
+        row("  cache CPU-s per cold pull (mean)", lambda r: r.pulls["dir"].cpu, ".2f",
+            lower_is_better=True),
+        row("skopeo pull warm s, layers in turn (median)", lambda r: r.pulls["dir"].warm, ".2f",
+            lower_is_better=True),
+        row("skopeo pull cold s, layers at once (median)", lambda r: r.pulls["oci"].cold, ".2f",
+            lower_is_better=True),
+        row("  cache CPU-s per cold pull (mean)", lambda r: r.pulls["oci"].cpu, ".2f",
+            lower_is_better=True),
+        row("skopeo pull warm s, layers at once (median)", lambda r: r.pulls["oci"].warm, ".2f",
+            lower_is_better=True),
+        row("containerd fetch cold s (median)", lambda r: pulls(r, "ctr").cold, ".2f",
+            lower_is_better=True),
+        row("  cache CPU-s per cold pull (mean)", lambda r: pulls(r, "ctr").cpu, ".2f",
+            lower_is_better=True),
+        row("containerd fetch warm s (median)", lambda r: pulls(r, "ctr").warm, ".2f",
+            lower_is_better=True),
         row(f"herd of {args.clients} wall s (median)", lambda r: r.herd_wall, ".2f",
             lower_is_better=True),
         row("herd upstream MiB (per herd)", lambda r: r.herd_upstream_mib, ".0f",
@@ -432,10 +620,27 @@ def report(results: dict[str, Result], images: Images, args: argparse.Namespace)
             f" MiB; herd image {len(images.herds[0].layers)} layers, {herd_mib:.0f} MiB; mirror "
             f"server.workers: {args.workers}; ratios are mirror's advantage (>1 is better)")
     notes = [f"{r.cache}: {x}" for r in results.values() for x in r.notes]
+    notes.append(f"client ceiling: curl receives {ceiling.median:.0f} MB/s (median of "
+                 f"{len(ceiling.runs)}) from a server sending from memory, no file involved")
+    if d is not None and m is not None:
+        notes.append(f"2x distribution's warm blob would be {2 * d.warm_blob:.0f} MB/s; mirror "
+                     f"serves {m.warm_blob:.0f} MB/s, {m.warm_blob / ceiling.median:.0%} of the "
+                     "client ceiling")
+    for layout, how in (("dir", "skopeo, layers in turn"), ("oci", "skopeo, layers at once"),
+                        ("ctr", "containerd")):
+        for r in results.values():
+            f = r.pulls.get(layout)
+            if f is None:
+                continue
+            for mine, won in f.beaten_by.items():
+                label = "mirror (1 process)" if mine == "mirror1" else f"mirror ({args.workers} workers)"
+                notes.append(f"cold pull, {how}: {label} faster than {r.cache} in {won} of "
+                             f"{len(f.cold_runs)} rounds")
     columns = [f"mirror ({args.workers} workers)" if c == "mirror" else
                "mirror (1 process)" if c == "mirror1" else c for c in results]
     return "\n".join([head, "", table(["measure", *columns, "mirror vs distribution",
-                                       "mirror vs nginx"], rows),
+                                       "mirror vs nginx", "mirror (1 process) vs distribution"],
+                                      rows),
                       *(["", *notes] if notes else [])])
 
 
@@ -447,8 +652,8 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2, help="mirror server.workers")
     ap.add_argument("--clients", type=int, default=20, help="herd size")
     ap.add_argument("--wrk-seconds", type=int, default=10)
-    ap.add_argument("--cold-pulls", type=int, default=4,
-                    help="cold skopeo pulls per cache, each of another image (median)")
+    ap.add_argument("--cold-pulls", type=int, default=6,
+                    help="cold skopeo pulls per cache and layout, each of another image (median)")
     ap.add_argument("--cold-blobs", type=int, default=2,
                     help="cold GETs of a large layer per cache, each of another layer (median)")
     ap.add_argument("--herds", type=int, default=2,
@@ -465,12 +670,15 @@ def main() -> None:
     try:
         with RegistryProcess(log_level="error") as upstream:
             images = push_images(upstream.url, args)
-            results = side_by_side(list(args.only), upstream, images, args, work)
+            ceiling = MemoryServer(images.big_layer[1])
+            results = side_by_side(list(args.only), upstream, images, args, work, ceiling)
+            ceiling.close()
         print()
-        print(report(results, images, args))
+        print(report(results, images, args, ceiling))
         if args.json:
-            args.json.write_text(json.dumps({k: v.__dict__ for k, v in results.items()},
-                                            indent=2))
+            raw = {k: dataclasses.asdict(v) for k, v in results.items()}
+            raw["client_ceiling_mb_s"] = ceiling.runs  # type: ignore[assignment]
+            args.json.write_text(json.dumps(raw, indent=2))
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -32,6 +32,7 @@ from tests.support.clientrun import dead_loopback_port
 from tests.support.daemons import Containerd
 from tests.support.mirror_proc import MirrorProcess
 from tests.support.netjail import NetJail, can_unshare_net
+from tests.support.verify import sha256_file
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -47,14 +48,6 @@ def write_config(path: Path, cfg: dict[str, Any]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(cfg))
     return path
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return "sha256:" + h.hexdigest()
 
 
 def need(*tools: str) -> None:

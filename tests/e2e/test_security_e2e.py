@@ -15,13 +15,11 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from tests.support import Catalog, FakeRegistry, RecordingProxy, fetch
 from tests.support.certs import Issued, TestCA, served_serial, write_htpasswd
@@ -77,42 +75,13 @@ class TlsMirrorProcess(MirrorProcess):
     def __init__(self, config: dict[str, Any], workdir: Path, ca: TestCA,
                  client: Issued | None = None) -> None:
         super().__init__(config, workdir=workdir)
-        self.ctx = ssl.create_default_context(cafile=str(ca.cert))
+        self.ctx = self.ssl_context = ssl.create_default_context(cafile=str(ca.cert))
         if client is not None:
             self.ctx.load_cert_chain(client.cert, client.key)
 
     @property
     def url(self) -> str:
         return f"https://127.0.0.1:{self.port}"
-
-    def start(self, timeout: float = 15.0) -> MirrorProcess:
-        if not self.port:
-            self.port = _free_port()
-        cfg = {**self.config, "listen": f"127.0.0.1:{self.port}"}
-        self.config_path.write_text(yaml.safe_dump(cfg))
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "mirror", "serve", "-c",
-                 str(self.config_path)], stdout=log, stderr=subprocess.STDOUT,
-                env={**os.environ, **self.env}, cwd=self.workdir)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"mirror exited {self.proc.returncode}:\n{self.log_text()}")
-            try:
-                with urllib.request.urlopen(f"{self.url}/healthz", timeout=1, context=self.ctx) as r:
-                    if r.status == 200:
-                        return self
-            except OSError:
-                time.sleep(0.05)
-        self.stop()
-        raise RuntimeError(f"mirror did not start:\n{self.log_text()}")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def need(*tools: str) -> None:

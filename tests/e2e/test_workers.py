@@ -11,7 +11,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,6 +22,7 @@ from tests.support.client import Reply
 from tests.support.images import ALL_MANIFEST_TYPES, Catalog
 from tests.support.mirror_proc import MirrorProcess, mirror_config
 from tests.support.promtext import scrape
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -31,16 +32,6 @@ def children(pid: int) -> list[int]:
         return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
     except OSError:
         return []
-
-
-def wait_for(what: str, check: Callable[[], object], timeout: float = 30.0) -> object:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def open_parts(pid: int) -> list[str]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -52,6 +53,8 @@ class MirrorProcess:
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = self.workdir / "mirror.log"
         self.config_path = self.workdir / "mirror.yaml"
+        # Set by subclasses that serve https: the readiness poll trusts this context.
+        self.ssl_context: ssl.SSLContext | None = None
 
     @property
     def url(self) -> str:
@@ -82,7 +85,8 @@ class MirrorProcess:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"mirror exited {self.proc.returncode}:\n{self.log_text()}")
             try:
-                with urllib.request.urlopen(f"{self.url}/healthz", timeout=1) as r:
+                with urllib.request.urlopen(f"{self.url}/healthz", timeout=1,
+                                            context=self.ssl_context) as r:
                     if r.status == 200:
                         return self
             except OSError:
