@@ -25,6 +25,7 @@ import bcrypt
 import pytest
 
 from mirror import config as config_module
+from mirror import config_reader
 from mirror.cli import build_parser
 from mirror.errors import ConfigError
 from tests.support.mirror_proc import MirrorProcess, mirror_config
@@ -101,7 +102,7 @@ def config_with(keys: set[str]) -> dict[str, Any]:
 def accepted_keys(raw: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> set[str]:
     """Every key the config code accepts in the sections `raw` makes it visit."""
     seen: dict[str, set[str]] = {}
-    original = config_module._Reader.section
+    original = config_reader._Reader.section
 
     def recording(self: Any, value: Any, key: str, known: set[str]) -> dict[str, Any]:
         path = re.sub(r"\[\d+\]", "[]", key)
@@ -111,7 +112,7 @@ def accepted_keys(raw: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> set[s
         result: dict[str, Any] = original(self, value, key, known)
         return result
 
-    monkeypatch.setattr(config_module._Reader, "section", recording)
+    monkeypatch.setattr(config_reader._Reader, "section", recording)
     try:
         config_module.parse_config(raw, env={}, base=Path("/nonexistent"))
     except ConfigError:

@@ -124,7 +124,7 @@ def test_max_stale_bounds_stale_answers(make_mirror: MakeMirror, registry_tap: R
     registry_tap.set_fault(Fault(mode="status", status=503))
     assert fetch(mirror.url + url, headers=ACCEPT).status == 200  # stale, within max_stale
     time.sleep(1.3)
-    assert fetch(mirror.url + url, headers=ACCEPT).status >= 500  # too old to serve
+    assert (fetch(mirror.url + url, headers=ACCEPT).status or 0) >= 500  # too old to serve
 
 
 def test_offline_serves_cache_and_404s_misses(make_mirror: MakeMirror,

@@ -157,13 +157,13 @@ def test_skopeo_pulls_only_with_good_credentials(registry_tap: RecordingProxy, c
         r = skopeo(tmp_path, src, out, "--src-tls-verify=false", f"--src-creds={BOB}:{BOB_PW}")
         assert r.returncode != 0 and "denied" in r.stderr.lower(), r.stderr
         assert registry_tap.requests == []
-        r = fetch(f"{proc.url}/v2/org/team/app/manifests/1.0",
-                  headers={"Accept": ACCEPT, "Authorization": "Basic " + base64.b64encode(
-                      f"{BOB}:{BOB_PW}".encode()).decode()})
-        assert r.status == 403 and b'"DENIED"' in r.body
-        evidence.add("403 body", r.body + str(r.headers).encode())
-        r = fetch(f"{proc.url}/metrics")
-        evidence.add("401 metrics", r.body + str(r.headers).encode())
+        reply = fetch(f"{proc.url}/v2/org/team/app/manifests/1.0",
+                      headers={"Accept": ACCEPT, "Authorization": "Basic " + base64.b64encode(
+                          f"{BOB}:{BOB_PW}".encode()).decode()})
+        assert reply.status == 403 and b'"DENIED"' in reply.body
+        evidence.add("403 body", reply.body + str(reply.headers).encode())
+        reply = fetch(f"{proc.url}/metrics")
+        evidence.add("401 metrics", reply.body + str(reply.headers).encode())
     audit = (tmp_path / "audit.log").read_text()
     assert f'"user":"{ALICE}"' in audit
     evidence.add_process(proc)

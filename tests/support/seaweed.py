@@ -130,7 +130,7 @@ class SeaweedS3:
                     raise
                 time.sleep(0.5)
 
-    def s3_options(self) -> dict[str, object]:
+    def s3_options(self) -> dict[str, Any]:
         """obstore S3Store keyword arguments: explicit endpoint and credentials, so obstore never
         looks for cloud metadata services."""
         return {
