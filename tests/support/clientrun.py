@@ -74,7 +74,8 @@ class E2EMirror:
     """A mirror process with a fresh cache, a tap on each side, and generated client files."""
 
     def __init__(self, catalog: Catalog, workdir: Path, dead_port: int,
-                 more_upstreams: Mapping[str, str] | None = None) -> None:
+                 more_upstreams: Mapping[str, str] | None = None,
+                 extra: Mapping[str, Any] | None = None) -> None:
         self.catalog = catalog
         self.workdir = workdir
         self.dead_port = dead_port
@@ -83,7 +84,8 @@ class E2EMirror:
                               for name, url in {"docker.io": catalog.registry_url,
                                                 **(more_upstreams or {})}.items()}
         self.upstream_tap = self.upstream_taps["docker.io"]
-        raw = mirror_config({n: t.url for n, t in self.upstream_taps.items()}, workdir / "cache")
+        raw = mirror_config({n: t.url for n, t in self.upstream_taps.items()}, workdir / "cache",
+                            **(extra or {}))
         self.proc = MirrorProcess(raw, workdir=workdir)
         self.config = parse_config(raw, env={}, base=workdir)
         self.client_tap: RecordingProxy | None = None
@@ -139,11 +141,12 @@ class E2EMirror:
 
 @contextmanager
 def e2e_mirror(catalog: Catalog, dead_port: int, workdir: Path,
-               more_upstreams: Mapping[str, str] | None = None) -> Iterator[E2EMirror]:
+               more_upstreams: Mapping[str, str] | None = None,
+               extra: Mapping[str, Any] | None = None) -> Iterator[E2EMirror]:
     """A mirror for docker.io (the session registry) and, optionally, more registries, with
-    its config, cache and log under `workdir` (a pytest temp dir: kept for a look after a
-    failure, removed by pytest a few runs later)."""
-    m = E2EMirror(catalog, workdir, dead_port, more_upstreams)
+    its config (plus `extra` top-level sections), cache and log under `workdir` (a pytest temp
+    dir: kept for a look after a failure, removed by pytest a few runs later)."""
+    m = E2EMirror(catalog, workdir, dead_port, more_upstreams, extra)
     try:
         yield m.start()
     finally:
