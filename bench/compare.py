@@ -19,7 +19,7 @@ change in background load hits all of them alike. Measured:
   bytes; rounds rotate which cache goes first, and the rounds each cache won are counted), then
   warm (median of three); plus the CPU seconds the cache's processes spent per cold pull
 - client ceiling: what curl receives here from a server that sends the same number of bytes
-  from memory, touching no file: no cache can serve a single curl faster than that
+  from one cache-hot 1 MiB buffer, touching no file: no cache can serve a single curl faster
 - herd: 20 clients pull a cold image at once (manifest, config, layers), through a fresh
   instance of each cache whose upstream traffic passes a RecordingProxy tap that counts the
   bytes; --herds images one after the other, median wall time, bytes per herd
@@ -211,8 +211,10 @@ def _wait_workers(pid: int, workers: int) -> None:
 
 class MemoryServer:
     """The client ceiling: an HTTP server on a thread that answers every GET with `size` bytes
-    from one 4 MiB buffer in memory (no file, no cache, no parsing beyond the request line).
-    What curl receives from it is the most any cache can deliver to one curl here."""
+    sent from one 1 MiB buffer in memory, over and over (no file, no parsing beyond the request
+    line). The buffer stays in the CPU cache, which no server sending a file's bytes has: what
+    curl receives from it is more than any cache can deliver to one curl here. (Sends of 1 MiB
+    were the fastest of 64 KiB to 16 MiB on this machine; bench/README.md.)"""
 
     def __init__(self, size: int) -> None:
         self.size = size
@@ -222,7 +224,7 @@ class MemoryServer:
         threading.Thread(target=self._serve, daemon=True).start()
 
     def _serve(self) -> None:
-        buf = memoryview(bytes(4 * MiB))
+        buf = memoryview(bytes(MiB))
         while True:
             try:
                 conn, _ = self.sock.accept()
@@ -621,7 +623,8 @@ def report(results: dict[str, Result], images: Images, args: argparse.Namespace,
             f"server.workers: {args.workers}; ratios are mirror's advantage (>1 is better)")
     notes = [f"{r.cache}: {x}" for r in results.values() for x in r.notes]
     notes.append(f"client ceiling: curl receives {ceiling.median:.0f} MB/s (median of "
-                 f"{len(ceiling.runs)}) from a server sending from memory, no file involved")
+                 f"{len(ceiling.runs)}, best {max(ceiling.runs, default=0):.0f}) from a server "
+                 "sending one cache-hot 1 MiB buffer, no file involved")
     if d is not None and m is not None:
         notes.append(f"2x distribution's warm blob would be {2 * d.warm_blob:.0f} MB/s; mirror "
                      f"serves {m.warm_blob:.0f} MB/s, {m.warm_blob / ceiling.median:.0%} of the "
