@@ -438,7 +438,7 @@ def push_images(upstream: str, args: argparse.Namespace) -> Images:
     p = ImagePusher(upstream)
     bigs = [p.push_image("bench/big" if i == 0 else f"bench/big{i}", "latest",
                          [big_layer(args.big_mb, seed="bench-big" if i == 0 else f"bench-big{i}")])
-            for i in range(args.cold_blobs)]
+            for i in range(0 if args.pulls_only else args.cold_blobs)]
     layers = (64, 48, 32, 16, 8)
     pull = p.push_image("bench/app", "1", [big_layer(mb, seed=f"bench-app-{mb}")
                                            for mb in layers])
@@ -450,7 +450,7 @@ def push_images(upstream: str, args: argparse.Namespace) -> Images:
                  for i in range(args.cold_pulls)] for kind in ("par", "ctr"))
     herds = [p.push_image(f"bench/herd{i}", "1", [big_layer(mb, seed=f"bench-herd{i}-{mb}")
                                                    for mb in (48, 32, 16)])
-             for i in range(args.herds)]
+             for i in range(0 if args.pulls_only else args.herds)]
     return Images(bigs, pull, cold, par, ctr, herds)
 
 
@@ -470,22 +470,8 @@ def side_by_side(names: list[str], upstream: RegistryProcess, images: Images,
     with ExitStack() as stack:
         running = {n: stack.enter_context(start_cache(n, upstream.url, work, args.workers))
                    for n in names}
-        for i, image in enumerate(images.bigs):  # round-robin, each blob cold
-            for n in rotated(names, i):
-                cold_blob(running[n], image, results[n])
-        time.sleep(1.0)  # distribution and nginx finish writing their cache file after replying
-        for n in names:
-            check_warm_blob(running[n], images)
-        for i in range(args.runs):
-            for n in rotated(names, i):
-                warm_blob(running[n], images, results[n])
-            ceiling.measure()
-        print(f"   client ceiling (memory -> curl): {ceiling.median:.0f} MB/s "
-              f"{[round(x) for x in ceiling.runs]}", flush=True)
-        for n in names:
-            r = results[n]
-            print(f"   {n}: blob cold {r.cold_blob:.0f} MB/s {[round(x) for x in r.cold_runs]}, "
-                  f"warm {r.warm_blob:.0f} MB/s {[round(x) for x in r.warm_runs]}", flush=True)
+        if not args.pulls_only:
+            blobs(names, running, images, args, ceiling, results)
         daemon = None
         if shutil.which("containerd") and shutil.which("ctr"):
             daemon = Containerd(work / "containerd")
@@ -496,6 +482,8 @@ def side_by_side(names: list[str], upstream: RegistryProcess, images: Images,
                 print("   containerd or ctr not installed: no ctr pulls", flush=True)
                 continue
             pull_rounds(names, running, images, layout, work, results, daemon)
+        if args.pulls_only:
+            return results
         for n in names:
             r = results[n]
             head_rps(running[n], images.pull, args.wrk_seconds, work, r)
@@ -514,6 +502,28 @@ def side_by_side(names: list[str], upstream: RegistryProcess, images: Images,
               f"{[round(x, 2) for x in r.herd_walls]}, upstream {r.herd_upstream_mib:.0f} MiB "
               f"in {r.herd_upstream_gets:.0f} GETs per herd", flush=True)
     return results
+
+
+def blobs(names: list[str], running: dict[str, Running], images: Images,
+          args: argparse.Namespace, ceiling: MemoryServer, results: dict[str, Result]) -> None:
+    """Each large layer cold once through every cache, then the first one warm, round-robin,
+    with the client ceiling measured in every round."""
+    for i, image in enumerate(images.bigs):  # round-robin, each blob cold
+        for n in rotated(names, i):
+            cold_blob(running[n], image, results[n])
+    time.sleep(1.0)  # distribution and nginx finish writing their cache file after replying
+    for n in names:
+        check_warm_blob(running[n], images)
+    for i in range(args.runs):
+        for n in rotated(names, i):
+            warm_blob(running[n], images, results[n])
+        ceiling.measure()
+    print(f"   client ceiling (memory -> curl): {ceiling.median:.0f} MB/s "
+          f"{[round(x) for x in ceiling.runs]}", flush=True)
+    for n in names:
+        r = results[n]
+        print(f"   {n}: blob cold {r.cold_blob:.0f} MB/s {[round(x) for x in r.cold_runs]}, "
+              f"warm {r.warm_blob:.0f} MB/s {[round(x) for x in r.warm_runs]}", flush=True)
 
 
 def pull_rounds(names: list[str], running: dict[str, Running], images: Images, layout: str,
@@ -570,7 +580,7 @@ def report(results: dict[str, Result], images: Images, args: argparse.Namespace,
            ceiling: MemoryServer) -> str:
     m, d, n = results.get("mirror"), results.get("distribution"), results.get("nginx")
     m1 = results.get("mirror1")
-    herd_mib = sum(b.size for b in images.herds[0].blobs) / MiB
+    herd_mib = sum(b.size for b in images.herds[0].blobs) / MiB if images.herds else 0.0
 
     def row(label: str, get: Callable[[Result], float], fmt: str,
             lower_is_better: bool = False) -> list[object]:
@@ -591,17 +601,17 @@ def report(results: dict[str, Result], images: Images, args: argparse.Namespace,
         row("cold blob MB/s (median)", lambda r: r.cold_blob, ".0f"),
         row("HEAD manifest by tag req/s (ab)", lambda r: r.head_rps, ".0f"),
         row("GET manifest by tag req/s (wrk)", lambda r: r.get_rps, ".0f"),
-        row("skopeo pull cold s, layers in turn (median)", lambda r: r.pulls["dir"].cold, ".2f",
+        row("skopeo pull cold s, layers in turn (median)", lambda r: pulls(r, "dir").cold, ".2f",
             lower_is_better=True),
-        row("  cache CPU-s per cold pull (mean)", lambda r: r.pulls["dir"].cpu, ".2f",
+        row("  cache CPU-s per cold pull (mean)", lambda r: pulls(r, "dir").cpu, ".2f",
             lower_is_better=True),
-        row("skopeo pull warm s, layers in turn (median)", lambda r: r.pulls["dir"].warm, ".2f",
+        row("skopeo pull warm s, layers in turn (median)", lambda r: pulls(r, "dir").warm, ".2f",
             lower_is_better=True),
-        row("skopeo pull cold s, layers at once (median)", lambda r: r.pulls["oci"].cold, ".2f",
+        row("skopeo pull cold s, layers at once (median)", lambda r: pulls(r, "oci").cold, ".2f",
             lower_is_better=True),
-        row("  cache CPU-s per cold pull (mean)", lambda r: r.pulls["oci"].cpu, ".2f",
+        row("  cache CPU-s per cold pull (mean)", lambda r: pulls(r, "oci").cpu, ".2f",
             lower_is_better=True),
-        row("skopeo pull warm s, layers at once (median)", lambda r: r.pulls["oci"].warm, ".2f",
+        row("skopeo pull warm s, layers at once (median)", lambda r: pulls(r, "oci").warm, ".2f",
             lower_is_better=True),
         row("containerd fetch cold s (median)", lambda r: pulls(r, "ctr").cold, ".2f",
             lower_is_better=True),
@@ -617,15 +627,21 @@ def report(results: dict[str, Result], images: Images, args: argparse.Namespace,
             lower_is_better=True),
         row("peak RSS MiB (all processes)", lambda r: r.rss_mib, ".0f", lower_is_better=True),
     ]
-    head = (f"large layer {images.big_layer[1] / MiB:.0f} MiB; pull image "
+    if args.pulls_only:
+        rows = [r for r in rows if "pull" in str(r[0]) or "CPU-s" in str(r[0])
+                or "fetch" in str(r[0])]
+    big_mib = images.big_layer[1] / MiB if images.bigs else 0.0
+    herd_layers = len(images.herds[0].layers) if images.herds else 0
+    head = (f"large layer {big_mib:.0f} MiB; pull image "
             f"{len(images.pull.layers)} layers, {sum(b.size for b in images.pull.blobs) / MiB:.0f}"
-            f" MiB; herd image {len(images.herds[0].layers)} layers, {herd_mib:.0f} MiB; mirror "
+            f" MiB; herd image {herd_layers} layers, {herd_mib:.0f} MiB; mirror "
             f"server.workers: {args.workers}; ratios are mirror's advantage (>1 is better)")
     notes = [f"{r.cache}: {x}" for r in results.values() for x in r.notes]
-    notes.append(f"client ceiling: curl receives {ceiling.median:.0f} MB/s (median of "
-                 f"{len(ceiling.runs)}, best {max(ceiling.runs, default=0):.0f}) from a server "
-                 "sending one cache-hot 1 MiB buffer, no file involved")
-    if d is not None and m is not None:
+    if ceiling.runs:
+        notes.append(f"client ceiling: curl receives {ceiling.median:.0f} MB/s (median of "
+                     f"{len(ceiling.runs)}, best {max(ceiling.runs):.0f}) from a server "
+                     "sending one cache-hot 1 MiB buffer, no file involved")
+    if d is not None and m is not None and ceiling.runs:
         notes.append(f"2x distribution's warm blob would be {2 * d.warm_blob:.0f} MB/s; mirror "
                      f"serves {m.warm_blob:.0f} MB/s, {m.warm_blob / ceiling.median:.0%} of the "
                      "client ceiling")
@@ -663,6 +679,9 @@ def main() -> None:
                     help="herds per cache, each on another cold image (median wall time)")
     ap.add_argument("--only", nargs="*", choices=CACHES, default=list(CACHES),
                     help="mirror1: mirror as one process, beside server.workers: --workers")
+    ap.add_argument("--pulls-only", action="store_true",
+                    help="only the real-client pulls (no large blobs, HEAD or herds first): an "
+                         "A/B of cold pulls without the memory churn of the other steps")
     ap.add_argument("--json", type=Path, help="also write the raw figures here")
     args = ap.parse_args()
     load = os.getloadavg()[0]
@@ -673,7 +692,7 @@ def main() -> None:
     try:
         with RegistryProcess(log_level="error") as upstream:
             images = push_images(upstream.url, args)
-            ceiling = MemoryServer(images.big_layer[1])
+            ceiling = MemoryServer(images.big_layer[1] if images.bigs else MiB)
             results = side_by_side(list(args.only), upstream, images, args, work, ceiling)
             ceiling.close()
         print()
