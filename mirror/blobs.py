@@ -9,10 +9,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Literal
@@ -88,6 +90,11 @@ class BlobFetcher:
         self.prefetch_parallel = max(1, prefetch_parallel)
         self._prefetch_queue: deque[tuple[UpstreamClient, str, Digest, int | None]] = deque()
         self._prefetching = 0
+        # Batches of a download no client is reading yet (a prefetch) are written and hashed
+        # on threads at a lower CPU priority: on a host shared with its clients they yield to
+        # the client and to the download it is reading (cold `dir:` pulls 5-6% faster in two
+        # A/Bs, bench/README.md). A client that joins moves the next batch to normal threads.
+        self._background_pool: ThreadPoolExecutor | None = None
 
     async def close(self) -> None:
         """Stop every download: their temp files are removed, nothing half-written stays."""
@@ -95,6 +102,8 @@ class BlobFetcher:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._background_pool is not None:
+            self._background_pool.shutdown(wait=False)
 
     def inflight(self) -> int:
         return len(self._fetches)
@@ -233,6 +242,12 @@ class BlobFetcher:
             assert fetch.task is not None
             fetch.task.add_done_callback(self._prefetch_done)
 
+    def _background(self) -> Executor:
+        if self._background_pool is None:
+            self._background_pool = ThreadPoolExecutor(2, thread_name_prefix="mirror-ahead",
+                                                        initializer=_lower_priority)
+        return self._background_pool
+
     def _prefetch_done(self, _task: asyncio.Task[None]) -> None:
         self._prefetching -= 1
         self._pump_prefetches()
@@ -358,7 +373,7 @@ class BlobFetcher:
 
     async def _download(self, client: UpstreamClient, repo: str, digest: Digest,
                         fetch: BlobFetch) -> None:
-        writer = WriteBehind(fetch)
+        writer = WriteBehind(fetch, self._background)
         try:
             await self._download_into(client, repo, digest, fetch, writer)
         finally:
@@ -443,8 +458,9 @@ class WriteBehind:
     disk writes overlap the download, and the commit's fsync (after which clients get their
     last byte) has little left to flush instead of the whole blob."""
 
-    def __init__(self, fetch: BlobFetch) -> None:
+    def __init__(self, fetch: BlobFetch, background: Callable[[], Executor] | None = None) -> None:
         self._fetch = fetch
+        self._background = background  # executor for batches that no client is reading yet
         self._pending: asyncio.Future[int] | None = None
         self._sync: asyncio.Future[None] | None = None
         self._synced = fetch.temp.written
@@ -453,8 +469,9 @@ class WriteBehind:
     async def submit(self, chunks: list[bytes]) -> None:
         await self.drain()
         self.queued += sum(len(c) for c in chunks)
+        pool = self._background() if self._background and self._fetch.readers == 0 else None
         self._pending = asyncio.get_running_loop().run_in_executor(
-            None, self._fetch.temp.write_many_sync, chunks)
+            pool, self._fetch.temp.write_many_sync, chunks)
 
     async def drain(self) -> None:
         fut, self._pending = self._pending, None
@@ -496,6 +513,15 @@ async def _wait_uncancelled(fut: asyncio.Future[Any] | None) -> bool:
         except asyncio.CancelledError:
             cancelled = True
     return cancelled
+
+
+def _lower_priority() -> None:
+    """Runs on each new background thread: nice 10 for this thread alone (Linux keeps a nice
+    value per thread; setpriority with the thread id sets just that one)."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
+    except OSError:
+        pass  # not allowed here: the writes then compete as equals, nothing else changes
 
 
 def _datasync(fd: int) -> None:

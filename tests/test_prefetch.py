@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
+import threading
 import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -121,3 +123,46 @@ async def test_a_client_request_does_not_wait_behind_queued_prefetches(
     assert first.finished is not None
     assert by_digest[last.digest].started < first.finished, "the client's blob was queued"
     await assert_served_from_cache(client, registry_tap, image)
+
+
+def ahead_threads() -> dict[int, int]:
+    """Threads of this process that write downloads nobody reads yet: {native id: nice}."""
+    return {t.native_id: os.getpriority(os.PRIO_PROCESS, t.native_id)
+            for t in threading.enumerate()
+            if t.name.startswith("mirror-ahead") and t.native_id is not None and t.is_alive()}
+
+
+async def test_prefetches_are_written_at_low_priority(
+        aiohttp_client: ClientFactory, registry_tap: RecordingProxy, catalog: Catalog,
+        tmp_path: Path) -> None:
+    """On a host shared with clients, a download that no client is reading yet yields the CPU
+    (nice 10 on its writer threads); downloads a client waits for stay at normal priority."""
+    before = set(ahead_threads())
+    image = push_four_layers(catalog)
+    client = await mirror_for(aiohttp_client, registry_tap, tmp_path, parallel=2)
+    await get_manifest(client, image)
+    await all_blobs_fetched(registry_tap, image)
+    new = {tid: nice for tid, nice in ahead_threads().items() if tid not in before}
+    assert new, "prefetched blobs were not written by the low-priority threads"
+    assert set(new.values()) == {10}
+    await assert_served_from_cache(client, registry_tap, image)
+
+
+async def test_a_download_a_client_waits_for_is_not_deprioritised(
+        aiohttp_client: ClientFactory, registry_tap: RecordingProxy, catalog: Catalog,
+        tmp_path: Path) -> None:
+    before = set(ahead_threads())
+    image = push_four_layers(catalog)
+    client = await aiohttp_client(make_app({"docker.io": registry_tap.url}, tmp_path / "cache",
+                                           prefetch={"enabled": False}))
+    await assert_fetched_by_client(client, registry_tap, image)
+    assert set(ahead_threads()) <= before, "a client's own download went to the low-priority threads"
+
+
+async def assert_fetched_by_client(client: TestClient[Any, Any], tap: RecordingProxy,
+                                   image: PushedImage) -> None:
+    for b in image.blobs:
+        r = await client.get(f"/v2/{image.repo}/blobs/{b.digest}")
+        assert r.status == 200
+        assert "sha256:" + hashlib.sha256(await r.read()).hexdigest() == b.digest
+    assert len(blob_gets(tap)) == len(image.blobs)
