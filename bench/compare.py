@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import json
 import os
 import shutil
@@ -65,6 +66,8 @@ CACHES = ("mirror", "mirror1", "distribution", "nginx")
 # Real-client pulls: skopeo 1.9 into dir: takes one layer after another, into oci: all at
 # once; `ctr content fetch` is containerd's own pull (all at once), without the unpacking.
 LAYOUTS = ("dir", "oci", "ctr")
+PULL_NAMES = {"dir": "skopeo pull, layers in turn", "oci": "skopeo pull, layers at once",
+              "ctr": "containerd fetch"}
 
 
 @dataclass
@@ -534,7 +537,7 @@ def pull_rounds(names: list[str], running: dict[str, Running], images: Images, l
     for n in names:
         results[n].pulls[layout] = Pulls()
     cold = images.cold_images(layout)
-    count = iter(range(1_000_000))
+    count = itertools.count()
 
     def pull(n: str, image: PushedImage) -> float:
         if layout != "ctr":
@@ -596,29 +599,19 @@ def report(results: dict[str, Result], images: Images, args: argparse.Namespace,
                 cells.append(ratio(get(mine), get(other)))
         return cells
 
+    def pull_rows(layout: str, name: str) -> list[list[object]]:
+        def of(r: Result) -> Pulls:
+            return pulls(r, layout)
+        return [row(f"{name} cold s (median)", lambda r: of(r).cold, ".2f", True),
+                row("  cache CPU-s per cold pull (mean)", lambda r: of(r).cpu, ".2f", True),
+                row(f"{name} warm s (median)", lambda r: of(r).warm, ".2f", True)]
+
     rows = [
         row("warm blob MB/s (median)", lambda r: r.warm_blob, ".0f"),
         row("cold blob MB/s (median)", lambda r: r.cold_blob, ".0f"),
         row("HEAD manifest by tag req/s (ab)", lambda r: r.head_rps, ".0f"),
         row("GET manifest by tag req/s (wrk)", lambda r: r.get_rps, ".0f"),
-        row("skopeo pull cold s, layers in turn (median)", lambda r: pulls(r, "dir").cold, ".2f",
-            lower_is_better=True),
-        row("  cache CPU-s per cold pull (mean)", lambda r: pulls(r, "dir").cpu, ".2f",
-            lower_is_better=True),
-        row("skopeo pull warm s, layers in turn (median)", lambda r: pulls(r, "dir").warm, ".2f",
-            lower_is_better=True),
-        row("skopeo pull cold s, layers at once (median)", lambda r: pulls(r, "oci").cold, ".2f",
-            lower_is_better=True),
-        row("  cache CPU-s per cold pull (mean)", lambda r: pulls(r, "oci").cpu, ".2f",
-            lower_is_better=True),
-        row("skopeo pull warm s, layers at once (median)", lambda r: pulls(r, "oci").warm, ".2f",
-            lower_is_better=True),
-        row("containerd fetch cold s (median)", lambda r: pulls(r, "ctr").cold, ".2f",
-            lower_is_better=True),
-        row("  cache CPU-s per cold pull (mean)", lambda r: pulls(r, "ctr").cpu, ".2f",
-            lower_is_better=True),
-        row("containerd fetch warm s (median)", lambda r: pulls(r, "ctr").warm, ".2f",
-            lower_is_better=True),
+        *(pull_row for layout, name in PULL_NAMES.items() for pull_row in pull_rows(layout, name)),
         row(f"herd of {args.clients} wall s (median)", lambda r: r.herd_wall, ".2f",
             lower_is_better=True),
         row("herd upstream MiB (per herd)", lambda r: r.herd_upstream_mib, ".0f",
@@ -645,8 +638,7 @@ def report(results: dict[str, Result], images: Images, args: argparse.Namespace,
         notes.append(f"2x distribution's warm blob would be {2 * d.warm_blob:.0f} MB/s; mirror "
                      f"serves {m.warm_blob:.0f} MB/s, {m.warm_blob / ceiling.median:.0%} of the "
                      "client ceiling")
-    for layout, how in (("dir", "skopeo, layers in turn"), ("oci", "skopeo, layers at once"),
-                        ("ctr", "containerd")):
+    for layout, how in PULL_NAMES.items():
         for r in results.values():
             f = r.pulls.get(layout)
             if f is None:

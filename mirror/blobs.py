@@ -94,6 +94,8 @@ class BlobFetcher:
         # on threads at a lower CPU priority: on a host shared with its clients they yield to
         # the client and to the download it is reading (cold `dir:` pulls 5-6% faster in two
         # A/Bs, bench/README.md). A client that joins moves the next batch to normal threads.
+        # Single process only: with server.workers a client of another worker may be reading
+        # this download, and `readers` counts only this worker's clients.
         self._background_pool: ThreadPoolExecutor | None = None
 
     async def close(self) -> None:
@@ -252,9 +254,6 @@ class BlobFetcher:
         self._prefetching -= 1
         self._pump_prefetches()
 
-    def prefetches_queued(self) -> int:
-        return len(self._prefetch_queue)
-
     async def wait(self, digest: Digest) -> None:
         """Wait for an in-flight fetch of `digest` to end (tests, seeding)."""
         fetch = self._fetches.get(str(digest))
@@ -373,7 +372,7 @@ class BlobFetcher:
 
     async def _download(self, client: UpstreamClient, repo: str, digest: Digest,
                         fetch: BlobFetch) -> None:
-        writer = WriteBehind(fetch, self._background)
+        writer = WriteBehind(fetch, self._background if self.shared is None else None)
         try:
             await self._download_into(client, repo, digest, fetch, writer)
         finally:
