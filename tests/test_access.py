@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from mirror.access import AccessPolicy, glob_regex
+from mirror.auth.access import AccessPolicy, glob_regex
 from mirror.config import AccessRule
 
 

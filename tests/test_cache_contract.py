@@ -14,14 +14,14 @@ from pathlib import Path
 
 import pytest
 
-from mirror.cache.base import BlobStore
-from mirror.cache.disk import DiskTier
-from mirror.cache.objectstore import ColdTier, build_store
-from mirror.cache.tiered import TieredStore
 from mirror.config import ObjectStoreConfig, Secret
-from mirror.db import Database
-from mirror.metrics import Metrics
-from mirror.models import Digest
+from mirror.observe.metrics import Metrics
+from mirror.oci.models import Digest
+from mirror.store.base import BlobStore
+from mirror.store.db import Database
+from mirror.store.disk import DiskTier
+from mirror.store.objectstore import ColdTier, build_store
+from mirror.store.tiered import TieredStore
 from tests.support.seaweed import ACCESS_KEY, REGION, SECRET_KEY, SeaweedS3
 
 MiB = 1 << 20
@@ -221,7 +221,7 @@ async def test_failed_uploads_are_retried(tmp_path: Path, hot_db: tuple[DiskTier
     root.write_bytes(b"not a directory")
     metrics = Metrics()
     tiers = TieredStore(hot, cold, db, metrics)
-    monkeypatch.setattr("mirror.cache.uploads.RETRY_MIN", 0.05)
+    monkeypatch.setattr("mirror.store.uploads.RETRY_MIN", 0.05)
     await tiers.start()
     d, path, data = blob(tmp_path, 1000, "flaky")
     await tiers.put_file(d, path)

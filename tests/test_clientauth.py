@@ -232,7 +232,7 @@ async def test_bearer_token_mode(make_mirror: Make, catalog: Catalog,
 
 
 async def test_token_of_a_removed_user_stops_working(make_mirror: Make, htpasswd: Path) -> None:
-    from mirror.clientauth import CLIENT_AUTH
+    from mirror.auth.clientauth import CLIENT_AUTH
 
     mirror = await make_mirror(auth={"token": {}})
     token = (await (await mirror.get("/auth/token", headers=basic(BOB, BOB_PW))).json())["token"]

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from mirror.clientconf import (
+from mirror.cli.clientconf import (
     client_files,
     daemon_json,
     hosts_toml,
@@ -20,7 +20,7 @@ from mirror.clientconf import (
     registries_conf,
 )
 from mirror.config import load_config, parse_config
-from mirror.router import alias_table, resolve_route
+from mirror.oci.routing import resolve_route
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy" / "clients"
@@ -61,7 +61,7 @@ def test_registries_conf_mirror_locations_route_to_their_registry() -> None:
     # podman sends /v2/<mirror path>/<repo>/...: the path prefix must route to the right upstream.
     cfg = load_config(DEFAULT_CONFIG, env={})
     conf = tomllib.loads(client_files(cfg, EXAMPLE_URL)["registries.conf"])
-    aliases = alias_table(cfg)
+    aliases = cfg.alias_table()
     for reg in conf["registry"]:
         path = reg["mirror"][0]["location"].split("/", 1)[1]
         route = resolve_route(f"{path}/team/app", None, aliases, cfg.default_upstream)

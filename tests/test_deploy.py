@@ -28,7 +28,7 @@ import kubernetes_validate  # type: ignore[import-untyped]
 import pytest
 import yaml
 
-from mirror.clientconf import client_files
+from mirror.cli.clientconf import client_files
 from mirror.config import load_config
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import yaml
 
-from mirror.metrics import Metrics
+from mirror.observe.metrics import Metrics
 from tests.support import free_port
 from tests.support.promtext import exposed_names
 

@@ -5,11 +5,10 @@ from __future__ import annotations
 import pytest
 
 from mirror.config import parse_config
-from mirror.errors import ConfigError
-from mirror.imageref import ImageRef, ImageRefError, parse_image_ref, split_reference
-from mirror.models import Digest
-from mirror.router import alias_table
-from mirror.tagfilter import parse_tag_pattern, parse_version
+from mirror.oci.errors import ConfigError
+from mirror.oci.imageref import ImageRef, ImageRefError, parse_image_ref, split_reference
+from mirror.oci.models import Digest
+from mirror.oci.tagfilter import parse_tag_pattern, parse_version
 
 D = "sha256:" + "ab" * 32
 CONFIG = parse_config({"upstreams": {
@@ -17,7 +16,7 @@ CONFIG = parse_config({"upstreams": {
     "ghcr.io": {"url": "http://127.0.0.1:2"},
     "registry.example:5000": {"url": "http://127.0.0.1:3", "aliases": ["reg"]},
 }})
-ALIASES = alias_table(CONFIG)
+ALIASES = CONFIG.alias_table()
 
 
 def ref(text: str, **kw: bool) -> ImageRef:
@@ -77,7 +76,7 @@ def test_unknown_registry_kept_when_importing() -> None:
     r = ref("quay.io/org/app:1", allow_unknown_registry=True)
     assert str(r) == "quay.io/org/app:1"
     no_hub = parse_config({"offline": True})  # no upstream, no default: Docker's convention
-    r = parse_image_ref("busybox:1", alias_table(no_hub), no_hub.default_upstream,
+    r = parse_image_ref("busybox:1", no_hub.alias_table(), no_hub.default_upstream,
                         allow_unknown_registry=True)
     assert str(r) == "docker.io/library/busybox:1"
 

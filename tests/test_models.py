@@ -6,9 +6,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mirror.apipath import parse_api_path
-from mirror.errors import ClientError, DigestInvalid, NameInvalid, RangeNotSatisfiable, TagInvalid
-from mirror.models import Digest, Reference, parse_accept, parse_range, parse_repo_name
+from mirror.oci.apipath import parse_api_path
+from mirror.oci.errors import ClientError, DigestInvalid, NameInvalid, RangeNotSatisfiable, TagInvalid
+from mirror.oci.models import Digest, Reference, parse_accept, parse_range, parse_repo_name
 from mirror.upstream.auth import parse_challenges
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from mirror.config import parse_config
-from mirror.errors import ConfigError
+from mirror.oci.errors import ConfigError
 
 BASE = {"upstreams": {"docker.io": "http://127.0.0.1:9"}}
 

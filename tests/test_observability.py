@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 from prometheus_client import Counter, Gauge, Histogram, generate_latest
 
-from mirror.audit import AuditLog
-from mirror.metrics import Metrics, Totals
-from mirror.pullstats import MinuteSamples, PullStats, TopImages
-from mirror.units import fmt_bytes, fmt_duration, fmt_ratio
+from mirror.config.units import fmt_bytes, fmt_duration, fmt_ratio
+from mirror.observe.audit import AuditLog
+from mirror.observe.metrics import Metrics, Totals
+from mirror.observe.pullstats import MinuteSamples, PullStats, TopImages
 from tests.support.promtext import parse
 
 # -- metrics --------------------------------------------------------------------------------
@@ -160,7 +160,7 @@ async def test_audit_writer_never_blocks_the_loop_on_a_stalled_sink(tmp_path: Pa
 
 def test_audit_directory_is_checked_with_the_config(tmp_path: Path) -> None:
     from mirror.config import parse_config
-    from mirror.errors import ConfigError
+    from mirror.oci.errors import ConfigError
 
     base = {"upstreams": {"docker.io": {"url": "http://127.0.0.1:9"}}}
     with pytest.raises(ConfigError) as e:

@@ -25,9 +25,9 @@ import bcrypt
 import pytest
 
 from mirror import config as config_module
-from mirror import config_reader
-from mirror.cli import build_parser
-from mirror.errors import ConfigError
+from mirror.cli.main import build_parser
+from mirror.config import reader as config_reader
+from mirror.oci.errors import ConfigError
 from tests.support.mirror_proc import MirrorProcess, mirror_config
 
 ROOT = Path(__file__).resolve().parents[1]

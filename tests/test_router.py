@@ -13,8 +13,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from mirror.config import Config, parse_config
-from mirror.errors import NameInvalid, NameUnknown
-from mirror.router import Route, alias_table, resolve_route
+from mirror.oci.errors import NameInvalid, NameUnknown
+from mirror.oci.routing import Route, resolve_route
 
 UPSTREAMS = {
     "docker.io": "http://127.0.0.1:1",
@@ -29,7 +29,7 @@ def config(**top: object) -> Config:
 
 
 CONFIG = config()
-ALIASES = alias_table(CONFIG)
+ALIASES = CONFIG.alias_table()
 
 
 def route(name: str, ns: str | None = None, aliases: Mapping[str, str] = ALIASES,
@@ -183,10 +183,10 @@ def test_a_config_without_docker_hub_has_no_default() -> None:
     cfg = parse_config({"upstreams": {"ghcr.io": "http://127.0.0.1:2"}}, env={})
     assert cfg.default_upstream is None
     with pytest.raises(NameUnknown):
-        resolve_route("busybox", None, alias_table(cfg), cfg.default_upstream)
+        resolve_route("busybox", None, cfg.alias_table(), cfg.default_upstream)
     # ...and Docker Hub's aliases mean nothing there.
     with pytest.raises(NameUnknown):
-        resolve_route("busybox", "index.docker.io", alias_table(cfg), cfg.default_upstream)
+        resolve_route("busybox", "index.docker.io", cfg.alias_table(), cfg.default_upstream)
 
 
 @given(st.from_regex(r"[a-z]{1,10}\.(com|net|org|io)", fullmatch=True))

@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 import yaml
 
-from mirror.cli import main
+from mirror.cli.main import main
 from mirror.config import AccessRule, RateLimitConfig, parse_config
-from mirror.errors import ConfigError
+from mirror.oci.errors import ConfigError
 from tests.support.certs import TestCA, write_htpasswd
 
 UP = {"docker.io": {"url": "http://127.0.0.1:9"}, "ghcr.io": {"url": "http://127.0.0.1:9"}}

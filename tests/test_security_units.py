@@ -11,11 +11,12 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
-from mirror.clientauth import TokenIssuer
+from mirror.auth.clientauth import TokenIssuer
+from mirror.auth.htpasswd import HtpasswdFile
 from mirror.config import RateLimitConfig, TlsConfig
-from mirror.htpasswd import HtpasswdFile, parse_htpasswd
-from mirror.limits import RateLimiter
-from mirror.tls import ServerTLS
+from mirror.config.htpasswd import parse_htpasswd
+from mirror.http.limits import RateLimiter
+from mirror.http.tls import ServerTLS
 from tests.support.certs import TestCA, served_serial, write_htpasswd
 
 

@@ -19,8 +19,8 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from mirror.app import create_app
 from mirror.config import Config, parse_config
+from mirror.http.app import create_app
 from mirror.upstream.auth import TokenCache, TokenKey
 from tests.support import FakeRegistry, PushedImage, fetch
 from tests.support.images import synthetic_layer

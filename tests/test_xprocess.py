@@ -15,8 +15,13 @@ from pathlib import Path
 
 import pytest
 
-from mirror.cache.disk import DiskTier
-from mirror.cache.xprocess import (
+from mirror.config import parse_config
+from mirror.observe.metrics import Metrics
+from mirror.oci.errors import BlobUnknown, ConfigError, DiskFull, UpstreamUnavailable, VerificationError
+from mirror.oci.models import Digest
+from mirror.store.db import Database
+from mirror.store.disk import DiskTier
+from mirror.store.xprocess import (
     DigestLock,
     PartFiles,
     PartLost,
@@ -26,11 +31,6 @@ from mirror.cache.xprocess import (
     relayed_error,
     write_meta,
 )
-from mirror.config import parse_config
-from mirror.db import Database
-from mirror.errors import BlobUnknown, ConfigError, DiskFull, UpstreamUnavailable, VerificationError
-from mirror.metrics import Metrics
-from mirror.models import Digest
 
 DATA = hashlib.shake_256(b"xprocess").digest(3 * 1024 * 1024 + 5)
 DIGEST = Digest.of(DATA)
@@ -62,7 +62,7 @@ def test_lock_of_a_killed_process_is_free(tmp_path: Path) -> None:
     holder = subprocess.Popen(
         [sys.executable, "-c", "import sys, time\n"
          "from pathlib import Path\n"
-         "from mirror.cache.xprocess import DigestLock\n"
+         "from mirror.store.xprocess import DigestLock\n"
          f"assert DigestLock(Path({str(path)!r})).try_acquire()\n"
          "print('held', flush=True)\n"
          "time.sleep(60)\n"], stdout=subprocess.PIPE)

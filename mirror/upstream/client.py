@@ -18,9 +18,9 @@ import aiohttp
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from mirror.config import UpstreamConfig
-from mirror.errors import TooManyRequests, UpstreamRejected, UpstreamUnavailable
-from mirror.metrics import Metrics
-from mirror.models import MANIFEST_TYPES, MAX_MANIFEST_SIZE
+from mirror.observe.metrics import Metrics
+from mirror.oci.errors import TooManyRequests, UpstreamRejected, UpstreamUnavailable
+from mirror.oci.models import MANIFEST_TYPES, MAX_MANIFEST_SIZE
 from mirror.upstream.auth import Challenge, TokenCache, TokenKey, parse_challenges, pull_scope
 
 log = logging.getLogger("mirror.upstream")

@@ -24,8 +24,8 @@ from typing import Any
 
 import pytest
 
-from mirror.statuspage import REFRESH_SECONDS
-from mirror.units import fmt_bytes, fmt_int, fmt_ratio
+from mirror.config.units import fmt_bytes, fmt_int, fmt_ratio
+from mirror.observe.statuspage import REFRESH_SECONDS
 from tests.support import Catalog, RecordingProxy, fetch
 from tests.support.mirror_proc import MirrorProcess, mirror_config
 from tests.support.netjail import NetJail, can_unshare_net

@@ -3,7 +3,7 @@
 The chain under test:  client -> client tap -> mirror process -> upstream tap -> registry.
 Both taps are RecordingProxy instances: the client tap shows what the client sent (ns=, paths),
 the upstream tap counts what the mirror asked the registry (zero on a warm pull). Clients are
-configured with mirror.clientconf, the generator behind deploy/clients/, pointed at the client
+configured with mirror.cli.clientconf, the generator behind deploy/clients/, pointed at the client
 tap, with every fallback at a dead loopback port."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from mirror.clientconf import client_files, write_files
+from mirror.cli.clientconf import client_files, write_files
 from mirror.config import parse_config
 
 from .images import Catalog, PushedImage

@@ -188,7 +188,7 @@ class Containerd(JailedDaemon):
 class Dockerd(JailedDaemon):
     """dockerd (Debian's 20.10) with vfs, no iptables, no bridge, data/exec root under `root`,
     `daemon` merged into its daemon.json (the registry-mirrors part comes from
-    mirror.clientconf, as users get it). Only `bridged_ports` are reachable from it."""
+    mirror.cli.clientconf, as users get it). Only `bridged_ports` are reachable from it."""
 
     name = "dockerd"
 

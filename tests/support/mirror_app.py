@@ -7,8 +7,8 @@ from typing import Any
 
 from aiohttp import web
 
-from mirror.app import create_app
 from mirror.config import Config, parse_config
+from mirror.http.app import create_app
 
 from .mirror_proc import mirror_config
 

@@ -1,0 +1,1 @@
+"""Filling a cache without clients: seeding, warm rules, bundles for air-gapped sites."""

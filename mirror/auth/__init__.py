@@ -1,0 +1,1 @@
+"""Who may pull what: client authentication, tokens, htpasswd, access rules."""

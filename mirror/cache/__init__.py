@@ -1,1 +1,0 @@
-"""Content-addressed storage tiers: hot (local disk), cold (object store), tiered (both)."""

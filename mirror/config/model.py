@@ -1,0 +1,199 @@
+"""Config values: frozen dataclasses, built only by mirror/config/loader.py from a validated file."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from mirror.oci.routing import DOCKER_HUB
+
+
+class Secret:
+    """A credential that never prints itself (logs, reprs, error bodies, check-config)."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('****')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+@dataclass(frozen=True)
+class UpstreamConfig:
+    name: str
+    url: str
+    username: str | None = None
+    password: Secret | None = None
+    aliases: tuple[str, ...] = ()
+    max_concurrent_fetches: int = 8
+    connect_timeout: float = 10.0
+    read_timeout: float = 60.0
+
+    @property
+    def is_docker_hub(self) -> bool:
+        return self.name == DOCKER_HUB
+
+
+@dataclass(frozen=True)
+class ObjectStoreConfig:
+    url: str
+    endpoint: str | None = None
+    region: str | None = None
+    access_key_id: str | None = None
+    secret_access_key: Secret | None = None
+    allow_http: bool = True
+    max_age: float | None = None  # seconds; None keeps cold objects forever
+    upload_concurrency: int = 4
+
+
+@dataclass(frozen=True)
+class CacheConfig:
+    dir: Path = Path("./data")
+    max_size: int = 20 * 1024**3
+    tag_ttl: float = 300.0
+    tags_list_ttl: float = 30.0
+    max_stale: float | None = None  # None: serve a stale tag for as long as upstream is down
+    keep_deleted_tags: bool = False
+    high_watermark: float = 0.95
+    low_watermark: float = 0.85
+    manifest_memory: int = 64 * 1024 * 1024
+    object_store: ObjectStoreConfig | None = None
+
+
+@dataclass(frozen=True)
+class PrefetchConfig:
+    enabled: bool = True
+    parallel: int = 4
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    level: str = "info"
+    format: str = "text"  # text | json
+    audit: str | None = None  # "-" for stdout, or a file path; None disables
+
+
+@dataclass(frozen=True)
+class TlsConfig:
+    """TLS on the listen address; `client_ca` turns on mTLS (clients must present a cert)."""
+
+    cert: Path
+    key: Path
+    client_ca: Path | None = None
+
+
+@dataclass(frozen=True)
+class AccessRule:
+    """One access rule (mirror/access.py evaluates them). Patterns are globs: `*` stays within
+    one path component, `**` crosses them. Users: names from htpasswd, `*` (any authenticated
+    user) or `anonymous`; empty means everyone."""
+
+    action: Literal["allow", "deny"]
+    users: tuple[str, ...] = ()
+    upstreams: tuple[str, ...] = ("*",)
+    repositories: tuple[str, ...] = ("**",)
+
+
+@dataclass(frozen=True)
+class TokenConfig:
+    """Short-lived Bearer tokens (Docker token auth) issued by the mirror itself at /auth/token."""
+
+    ttl: float = 300.0
+    realm: str | None = None  # absolute token URL; default: derived from the request's Host
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    htpasswd: Path | None = None  # bcrypt entries only; None: everyone is anonymous
+    realm: str = "mirror"
+    rules: tuple[AccessRule, ...] = (AccessRule("allow", users=("*",)),)
+    policy: Literal["first-match", "deny-overrides"] = "first-match"
+    default: Literal["allow", "deny"] = "deny"  # when no rule matches
+    protect_metrics: bool = True
+    protect_status: bool = True
+    token: TokenConfig | None = None
+
+
+@dataclass(frozen=True)
+class RateLimitConfig:
+    rate: float  # requests per second per client address, refilled continuously
+    burst: int
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    max_header_size: int = 8190  # one request line or header field, in bytes
+    max_headers: int = 100
+    max_connections: int | None = 1024  # None (0 in YAML): unlimited
+    client_timeout: float = 60.0  # to receive a complete request head (and TLS handshake)
+    rate_limit: RateLimitConfig | None = None
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """How the listen address is served. workers > 1: that many processes share the port
+    (SO_REUSEPORT) and the cache directory, with one upstream download per blob across all of
+    them (mirror/workers.py, mirror/cache/xprocess.py)."""
+
+    workers: int = 1
+
+
+MAX_WORKERS = 64
+
+
+@dataclass(frozen=True)
+class WarmConfig:
+    """Images the server keeps cached: seeded at start and every `interval` (mirror/warm.py).
+    Unchanged tags cost one HEAD each, which Docker Hub does not count as a pull."""
+
+    images: tuple[str, ...] = ()  # references as users write them; tag globs/ranges allowed
+    interval: float = 3600.0
+    platforms: tuple[str, ...] = ()  # empty: every platform
+    with_referrers: bool = False
+
+
+@dataclass(frozen=True)
+class Config:
+    listen_host: str = "0.0.0.0"
+    listen_port: int = 5000
+    default_upstream: str | None = DOCKER_HUB
+    upstreams: Mapping[str, UpstreamConfig] = field(default_factory=dict)
+    cache: CacheConfig = field(default_factory=CacheConfig)
+    prefetch: PrefetchConfig = field(default_factory=PrefetchConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    offline: bool = False
+    finish_abandoned_fetches: bool = True
+    tls: TlsConfig | None = None
+    auth: AuthConfig | None = None
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    warm: WarmConfig = field(default_factory=WarmConfig)
+    server: ServerConfig = field(default_factory=ServerConfig)
+    source: str = "<default>"
+
+    @property
+    def listen(self) -> str:
+        return f"{self.listen_host}:{self.listen_port}"
+
+    def alias_table(self) -> dict[str, str]:
+        """Every name a client may use for a registry (lowercase) -> its upstream's name."""
+        table: dict[str, str] = {}
+        for up in self.upstreams.values():
+            table[up.name.lower()] = up.name
+            for alias in up.aliases:
+                table[alias.lower()] = up.name
+        return table

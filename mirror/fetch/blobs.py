@@ -1,0 +1,530 @@
+"""Blobs: serve from the hot tier, or join/start the one upstream fetch for the digest.
+
+A fetch runs as its own task (a client that disconnects does not cancel it), waits for a slot of
+its upstream (never a 429 to the client: it queues), streams into a hashed temp file, resumes
+with Range when the upstream connection breaks mid-body, and commits only a verified file."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import threading
+import time
+import weakref
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import Executor, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any, Literal
+
+import aiohttp
+
+from mirror.fetch.coalesce import BlobFetch
+from mirror.fetch.passthrough import open_passthrough
+from mirror.fetch.shared import SharedDownloads
+from mirror.observe.metrics import Metrics
+from mirror.oci.errors import (
+    BlobUnknown,
+    DiskFull,
+    MirrorError,
+    UpstreamRejected,
+    UpstreamUnavailable,
+    VerificationError,
+)
+from mirror.oci.models import Digest
+from mirror.store.disk import DiskTier, is_disk_full
+from mirror.store.tiered import TieredStore
+from mirror.upstream.client import UpstreamClient
+
+log = logging.getLogger("mirror.fetch.blobs")
+WRITE_BATCH = 1024 * 1024  # bytes gathered before one hop to the writer thread
+SYNC_EVERY = 32 * 1024 * 1024  # bytes written between background fdatasyncs of a download
+RESUME_ATTEMPTS = 3
+DISK_FULL_BACKOFF = 30.0  # seconds of uncached serving after the hot tier reported ENOSPC
+
+Source = Literal["hot", "cold", "upstream"]
+
+
+@dataclass(slots=True)
+class BlobHandle:
+    """What a handler needs to answer a blob request. Exactly one of path/fetch is set."""
+
+    digest: Digest
+    size: int | None
+    source: Source
+    result: Literal["hit", "miss", "coalesced"]
+    path: Path | None = None
+    fetch: BlobFetch | None = None
+    fd: int | None = None  # reader descriptor on the fetch's temp file
+    body: AsyncIterator[bytes] | None = None  # uncached, verified stream (disk full)
+    # The hot-tier file, already open (server.workers > 1: another worker may evict it, so it
+    # is opened while we still know it exists); the response takes it, release() closes it.
+    file: IO[bytes] | None = None
+
+
+class BlobFetcher:
+    def __init__(self, tier: DiskTier, metrics: Metrics, offline: bool,
+                 finish_abandoned: bool = True, shared: SharedDownloads | None = None,
+                 prefetch_parallel: int = 4) -> None:
+        self.tier = tier
+        # server.workers > 1: downloads are single-flight across the processes sharing `tier`.
+        self.shared = shared
+        self.metrics = metrics
+        self.offline = offline
+        self.finish_abandoned = finish_abandoned
+        self._fetches: dict[str, BlobFetch] = {}
+        self._slots: dict[str, asyncio.Semaphore] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        # Cold tier (cache.object_store): consulted before upstream; set by the service.
+        self.tiers: TieredStore | None = None
+        self._sources: weakref.WeakKeyDictionary[BlobFetch, Source] = weakref.WeakKeyDictionary()
+        self._from_cold_tier: weakref.WeakSet[BlobFetch] = weakref.WeakSet()
+        # After ENOSPC the hot tier is given time to evict; meanwhile misses stream through.
+        self.disk_full_until = 0.0
+        self._evictions: set[asyncio.Future[tuple[int, int]]] = set()
+        # Prefetches wait in manifest order, `prefetch_parallel` at a time: a client that
+        # reads layers one after another finds the next one under way, and the prefetches do
+        # not take the CPU and the link from the download it is waiting for (bench/README.md).
+        self.prefetch_parallel = max(1, prefetch_parallel)
+        self._prefetch_queue: deque[tuple[UpstreamClient, str, Digest, int | None]] = deque()
+        self._prefetching = 0
+        # Batches of a download no client is reading yet (a prefetch) are written and hashed
+        # on threads at a lower CPU priority: on a host shared with its clients they yield to
+        # the client and to the download it is reading (cold `dir:` pulls 5-6% faster in two
+        # A/Bs, bench/README.md). A client that joins moves the next batch to normal threads.
+        # Single process only: with server.workers a client of another worker may be reading
+        # this download, and `readers` counts only this worker's clients.
+        self._background_pool: ThreadPoolExecutor | None = None
+
+    async def close(self) -> None:
+        """Stop every download: their temp files are removed, nothing half-written stays."""
+        self._prefetch_queue.clear()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._background_pool is not None:
+            self._background_pool.shutdown(wait=False)
+
+    def inflight(self) -> int:
+        return len(self._fetches)
+
+    def _slot(self, client: UpstreamClient) -> asyncio.Semaphore:
+        sem = self._slots.get(client.name)
+        if sem is None:
+            sem = self._slots[client.name] = asyncio.Semaphore(
+                client.config.max_concurrent_fetches)
+        return sem
+
+    def local(self, digest: Digest) -> BlobHandle | None:
+        entry = self.tier.entry(digest)
+        if entry is None:
+            return None
+        path = self.tier.path(digest)
+        if self.shared is None:
+            return BlobHandle(digest, entry.size, "hot", "hit", path=path)
+        try:
+            fobj = open(path, "rb")  # noqa: SIM115 - handed to the response or closed by release()
+        except FileNotFoundError:  # evicted by the worker that keeps the budget
+            self.tier.forget(digest)
+            return None
+        return BlobHandle(digest, entry.size, "hot", "hit", path=path, file=fobj)
+
+    def _committed_elsewhere(self, digest: Digest) -> BlobHandle | None:
+        """server.workers > 1: a blob another worker committed is a hit here too."""
+        if self.shared is None or not self.shared.learn_final(digest):
+            return None
+        return self.local(digest)
+
+    async def open(self, client: UpstreamClient | None, repo: str, digest: Digest,
+                   expected_size: int | None = None) -> BlobHandle:
+        """A handle for serving `digest`; the caller must `release()` it."""
+        hit = self.local(digest)
+        if hit is not None:
+            self.tier.pin(digest)
+            self.tier.touch(digest)
+            return hit
+        key = str(digest)
+        fetch = self._fetches.get(key)
+        result: Literal["miss", "coalesced"] = "coalesced"
+        if fetch is None:
+            hit = self._committed_elsewhere(digest)
+            if hit is not None:
+                self.tier.pin(digest)
+                self.tier.touch(digest)
+                return hit
+            if (client is None or self.offline) and self.tiers is None:
+                raise BlobUnknown(f"blob {digest} is not cached and the mirror is offline")
+            if client is not None and time.monotonic() < self.disk_full_until:
+                size, body = await open_passthrough(client, repo, digest)
+                self.tier.pin(digest)
+                return BlobHandle(digest, size, "upstream", "miss", body=body)
+            fetch = self._start(None if self.offline else client, repo, digest, expected_size)
+            result = "miss"
+        else:
+            self.metrics.coalesced.labels(client.name if client else "", "blob").inc()
+        # A reader descriptor now if the fetch has its file open (a shared download opens it
+        # only once started); until then the client counts as a reader all the same.
+        fd = fetch.open_reader() if fetch.temp.fd >= 0 and not fetch.temp.closed else None
+        if fd is None:
+            fetch.readers += 1
+        self.tier.pin(digest)
+
+        def drop_reader() -> None:
+            if fd is not None:
+                fetch.close_reader(fd)
+            else:
+                fetch.readers -= 1
+
+        try:
+            await fetch.wait_started()
+        except DiskFull:
+            drop_reader()
+            if client is None or self.offline:
+                self.tier.unpin(digest)
+                raise
+            # No room to cache it: this client gets its own verified stream from upstream.
+            try:
+                size, body = await open_passthrough(client, repo, digest)
+            except BaseException:
+                self.tier.unpin(digest)
+                raise
+            return BlobHandle(digest, size, "upstream", "miss", body=body)
+        except BaseException:
+            drop_reader()
+            self.tier.unpin(digest)
+            raise
+        if fd is None:
+            fetch.readers -= 1
+            if fetch.temp.closed:  # finished while we waited: committed, a plain hit now
+                hit = self.local(digest)
+                if hit is None:
+                    self.tier.unpin(digest)
+                    raise UpstreamUnavailable(f"blob {digest} vanished right after its download")
+                return BlobHandle(digest, hit.size, "upstream", result, path=hit.path,
+                                  file=hit.file)
+            fd = fetch.open_reader()
+        return BlobHandle(digest, fetch.size, self._sources.get(fetch, "upstream"), result,
+                          fetch=fetch, fd=fd)
+
+    def release(self, handle: BlobHandle) -> None:
+        self.tier.unpin(handle.digest)
+        if handle.file is not None:
+            handle.file.close()
+            handle.file = None
+        fetch = handle.fetch
+        if (fetch is not None and not self.finish_abandoned and fetch.readers == 0
+                and not fetch.done and fetch.task is not None):
+            fetch.task.cancel()
+
+    def prefetch(self, client: UpstreamClient, repo: str, digest: Digest, size: int | None) -> bool:
+        """Queue a blob nobody asked for yet. False if cached or already in flight."""
+        if self._needless(digest):
+            return False
+        self._prefetch_queue.append((client, repo, digest, size))
+        self._pump_prefetches()
+        return True
+
+    def _needless(self, digest: Digest) -> bool:
+        if self.offline or self.tier.entry(digest) is not None or str(digest) in self._fetches:
+            return True
+        return self.shared is not None and (self.shared.learn_final(digest)
+                                            or self.shared.downloading_elsewhere(digest))
+
+    def _pump_prefetches(self) -> None:
+        # A queued blob that a client asked for meanwhile is in flight already: skipped here.
+        while self._prefetching < self.prefetch_parallel and self._prefetch_queue:
+            client, repo, digest, size = self._prefetch_queue.popleft()
+            if self._needless(digest):
+                continue
+            fetch = self._start(client, repo, digest, size)
+            self.metrics.prefetches.labels(client.name, "blob").inc()
+            self._prefetching += 1
+            assert fetch.task is not None
+            fetch.task.add_done_callback(self._prefetch_done)
+
+    def _background(self) -> Executor:
+        if self._background_pool is None:
+            self._background_pool = ThreadPoolExecutor(2, thread_name_prefix="mirror-ahead",
+                                                        initializer=_lower_priority)
+        return self._background_pool
+
+    def _prefetch_done(self, _task: asyncio.Task[None]) -> None:
+        self._prefetching -= 1
+        self._pump_prefetches()
+
+    async def wait(self, digest: Digest) -> None:
+        """Wait for an in-flight fetch of `digest` to end (tests, seeding)."""
+        fetch = self._fetches.get(str(digest))
+        if fetch is not None and fetch.task is not None:
+            await asyncio.wait([fetch.task])
+
+    def _spawn_eviction(self) -> None:
+        task = asyncio.ensure_future(self.tier.evict())
+        self._evictions.add(task)
+        task.add_done_callback(self._evictions.discard)
+
+    def _start(self, client: UpstreamClient | None, repo: str, digest: Digest,
+               expected_size: int | None) -> BlobFetch:
+        key = str(digest)
+        # Registered before any await: a concurrent request finds this fetch and joins it.
+        temp = (self.tier.new_temp(digest, expected_size) if self.shared is None
+                else self.shared.new_temp(digest, expected_size))
+        fetch = BlobFetch(key, temp)
+        self._fetches[key] = fetch
+        fetch.task = asyncio.create_task(self._run(client, repo, digest, fetch),
+                                         name=f"fetch {key[:19]}")
+        self._tasks.add(fetch.task)
+        fetch.task.add_done_callback(self._tasks.discard)
+        return fetch
+
+    async def _run(self, client: UpstreamClient | None, repo: str, digest: Digest,
+                   fetch: BlobFetch) -> None:
+        up = client.name if client is not None else "cold"
+        self.tier.pin(digest)
+        try:
+            if self.shared is None:
+                await self._fill(client, repo, digest, fetch)
+            else:
+                await self.shared.run(fetch, lambda: self._fill(client, repo, digest, fetch))
+        except VerificationError as e:
+            up = "cold" if fetch in self._from_cold_tier else up
+            if up == "cold" and self.tiers is not None:
+                self.tiers.discard_cold(digest)
+            else:
+                self.metrics.verify_failures.labels(up, "blob").inc()
+            log.warning("%s sent bad content for %s: %s", up, digest, e)
+            fetch.temp.abort_sync()
+            fetch.fail(e)
+        except BaseException as e:
+            fetch.temp.abort_sync()
+            if isinstance(e, DiskFull) or (isinstance(e, OSError)
+                                           and not isinstance(e, aiohttp.ClientError)):
+                self.metrics.cache_write_errors.labels(self.tier.name).inc()  # disk full, I/O
+                if isinstance(e, DiskFull):
+                    log.warning("%s; serving it uncached", e.message)
+                elif is_disk_full(e):
+                    self.disk_full_until = time.monotonic() + DISK_FULL_BACKOFF
+                    log.warning("hot tier %s is full: serving misses uncached for %.0fs",
+                                self.tier.root, DISK_FULL_BACKOFF)
+                    self._spawn_eviction()
+            fetch.fail(e if isinstance(e, Exception) else UpstreamUnavailable("fetch cancelled"))
+            if not isinstance(e, MirrorError | asyncio.CancelledError):
+                log.exception("fetch of %s from %s failed", digest, up)
+            if isinstance(e, asyncio.CancelledError):
+                raise
+        finally:
+            self._fetches.pop(str(digest), None)
+            self.tier.unpin(digest)
+
+    async def _fill(self, client: UpstreamClient | None, repo: str, digest: Digest,
+                    fetch: BlobFetch) -> None:
+        """Download into fetch.temp (cold tier first, unless resuming a part), verify, commit."""
+        if fetch.temp.written == 0 and await self._from_cold(digest, fetch, client is not None):
+            self._from_cold_tier.add(fetch)
+            await self.tier.commit(fetch.temp)
+            fetch.finish()
+            return
+        if client is None:
+            raise BlobUnknown(f"blob {digest} is in no cache tier and the mirror is offline")
+        gauge = self.metrics.inflight.labels(client.name, "blob")
+        sem = self._slot(client)
+        if sem.locked():
+            self.metrics.queued.labels(client.name).inc()
+            try:
+                await sem.acquire()
+            finally:
+                self.metrics.queued.labels(client.name).dec()
+        else:
+            await sem.acquire()
+        gauge.inc()
+        try:
+            if fetch.size is None or fetch.temp.written < fetch.size:  # else a resumed part
+                await self._download(client, repo, digest, fetch)  # that was complete already
+        finally:
+            gauge.dec()
+            sem.release()
+        await self.tier.commit(fetch.temp)  # also queues the copy to the cold tier
+        fetch.finish()
+
+    async def _from_cold(self, digest: Digest, fetch: BlobFetch, can_resume: bool) -> bool:
+        """Fill the fetch from the cold tier. True when every byte came from there; False
+        when the cold tier does not have it, or broke off and the upstream can resume from
+        fetch.temp.written (a Range request, like any interrupted upstream download)."""
+        if self.tiers is None:
+            return False
+
+        def started(size: int) -> None:
+            self._sources[fetch] = "cold"
+            fetch.set_size(size)
+
+        try:
+            return await self.tiers.fill(digest, fetch.temp, started, fetch.progress)
+        except (VerificationError, asyncio.CancelledError):
+            raise
+        except Exception as e:  # object-store or read errors: the upstream can take over
+            if not can_resume:
+                raise UpstreamUnavailable(f"cold tier read of {digest} failed") from e
+            log.warning("cold tier read of %s broke off after %d bytes (%s); resuming from "
+                        "upstream", digest, fetch.temp.written, type(e).__name__)
+            return False
+
+    async def _download(self, client: UpstreamClient, repo: str, digest: Digest,
+                        fetch: BlobFetch) -> None:
+        writer = WriteBehind(fetch, self._background if self.shared is None else None)
+        try:
+            await self._download_into(client, repo, digest, fetch, writer)
+        finally:
+            await writer.close()  # never leave a write running into a file about to be closed
+
+    async def _download_into(self, client: UpstreamClient, repo: str, digest: Digest,
+                             fetch: BlobFetch, writer: WriteBehind) -> None:
+        temp = fetch.temp
+        attempts = 0
+        while True:
+            headers = {"Range": f"bytes={temp.written}-"} if temp.written else None
+            resp = await client.open_blob(repo, str(digest), headers)
+            try:
+                if resp.status == 404:
+                    raise BlobUnknown(f"blob {digest} not found upstream", detail={"digest": str(digest)})
+                skip = 0
+                if temp.written and resp.status == 200:
+                    skip = temp.written  # upstream ignored Range: drop what we already have
+                elif resp.status not in (200, 206) or (resp.status == 206 and not temp.written):
+                    raise UpstreamRejected(f"upstream {client.name} answered {resp.status} "
+                                           f"for blob {digest}", resp.status)
+                if not fetch.started.is_set():
+                    size = resp.content_length
+                    if temp.expected_size is not None and size is not None and size != temp.expected_size:
+                        raise VerificationError(f"upstream size {size} for {digest} differs from "
+                                                f"the manifest's {temp.expected_size}")
+                    size = size if size is not None else temp.expected_size
+                    if size is not None and not self.tier.has_room(size):
+                        raise DiskFull(f"no room for {size} bytes of {digest} in {self.tier.root}")
+                    fetch.set_size(size)
+                received = self.metrics.upstream_bytes.labels(client.name)
+                batch: list[bytes] = []
+                batch_len = 0
+                resp.content.set_read_chunk_size(WRITE_BATCH)  # fewer pause/resume cycles
+                try:
+                    async for chunk, _ in resp.content.iter_chunks():
+                        # Counted as received: bytes we skip or then reject still cost
+                        # upstream bandwidth.
+                        received.inc(len(chunk))
+                        if skip:
+                            cut = min(skip, len(chunk))
+                            chunk, skip = chunk[cut:], skip - cut
+                        if not chunk:
+                            continue
+                        batch.append(chunk)
+                        batch_len += len(chunk)
+                        if fetch.size is not None and writer.queued + batch_len > fetch.size:
+                            raise VerificationError(f"upstream sent more than {fetch.size} bytes "
+                                                    f"for {digest}")
+                        if batch_len >= WRITE_BATCH:
+                            await writer.submit(batch)
+                            batch, batch_len = [], 0
+                    if batch:
+                        await writer.submit(batch)
+                        batch = []
+                    await writer.drain()
+                    if fetch.size is not None and temp.written < fetch.size:
+                        raise aiohttp.ClientPayloadError("upstream body ended early")
+                    return
+                except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError,
+                        TimeoutError) as e:
+                    if batch:
+                        await writer.submit(batch)
+                    await writer.drain()
+                    attempts += 1
+                    if attempts > RESUME_ATTEMPTS:
+                        raise UpstreamUnavailable(
+                            f"upstream {client.name} broke off blob {digest} after "
+                            f"{temp.written} bytes: {type(e).__name__}") from None
+                    log.info("resuming %s from %s at byte %d after %s", digest, client.name,
+                             temp.written, type(e).__name__)
+            finally:
+                resp.release()
+
+
+class WriteBehind:
+    """Writes a download's batches in the executor while the loop reads the next batch off
+    the socket. At most one write is in flight, so batches land (and are hashed) in order;
+    readers are told about bytes only once they are in the file.
+
+    Every SYNC_EVERY bytes it also starts an fdatasync in another thread, not waited for: the
+    disk writes overlap the download, and the commit's fsync (after which clients get their
+    last byte) has little left to flush instead of the whole blob."""
+
+    def __init__(self, fetch: BlobFetch, background: Callable[[], Executor] | None = None) -> None:
+        self._fetch = fetch
+        self._background = background  # executor for batches that no client is reading yet
+        self._pending: asyncio.Future[int] | None = None
+        self._sync: asyncio.Future[None] | None = None
+        self._synced = fetch.temp.written
+        self.queued = fetch.temp.written  # bytes written or being written
+
+    async def submit(self, chunks: list[bytes]) -> None:
+        await self.drain()
+        self.queued += sum(len(c) for c in chunks)
+        pool = self._background() if self._background and self._fetch.readers == 0 else None
+        self._pending = asyncio.get_running_loop().run_in_executor(
+            pool, self._fetch.temp.write_many_sync, chunks)
+
+    async def drain(self) -> None:
+        fut, self._pending = self._pending, None
+        if fut is not None:
+            try:
+                self._fetch.progress(await fut)
+            except BaseException:
+                self._pending = fut  # close() still waits for the thread
+                raise
+            self._start_sync()
+
+    def _start_sync(self) -> None:
+        temp = self._fetch.temp
+        if temp.written - self._synced < SYNC_EVERY or (self._sync and not self._sync.done()):
+            return
+        self._synced = temp.written
+        self._sync = asyncio.get_running_loop().run_in_executor(None, _datasync, temp.fd)
+
+    async def close(self) -> None:
+        """Wait for the write (and sync) in flight even when cancelled: the caller closes the
+        file next, and a thread using a closed (maybe reused) descriptor could hit another
+        file."""
+        fut, self._pending = self._pending, None
+        cancelled = await _wait_uncancelled(fut)
+        if fut is not None and not fut.cancelled() and fut.exception() is None:
+            self._fetch.progress(fut.result())
+        sync, self._sync = self._sync, None
+        cancelled = await _wait_uncancelled(sync) or cancelled
+        if cancelled:
+            raise asyncio.CancelledError
+
+
+async def _wait_uncancelled(fut: asyncio.Future[Any] | None) -> bool:
+    """Wait for `fut` to finish whatever happens; True if this task was cancelled meanwhile."""
+    cancelled = False
+    while fut is not None and not fut.done():
+        try:
+            await asyncio.wait([fut])
+        except asyncio.CancelledError:
+            cancelled = True
+    return cancelled
+
+
+def _lower_priority() -> None:
+    """Runs on each new background thread: nice 10 for this thread alone (Linux keeps a nice
+    value per thread; setpriority with the thread id sets just that one)."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
+    except OSError:
+        pass  # not allowed here: the writes then compete as equals, nothing else changes
+
+
+def _datasync(fd: int) -> None:
+    try:
+        os.fdatasync(fd)
+    except OSError:
+        pass  # the commit's own fsync reports what matters

@@ -1,0 +1,3 @@
+"""The HTTP server: the composition root (app), routes, responses, middlewares, limits, TLS, worker
+processes.
+"""

@@ -1,0 +1,205 @@
+"""The one composition root: everything is built here from a validated Config."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+from aiohttp.typedefs import Middleware
+
+from mirror.airgap.warm import start_warming
+from mirror.auth.clientauth import CLIENT_AUTH, ClientAuth, client_auth_middleware
+from mirror.config import Config
+from mirror.fetch.shared import SharedDownloads
+from mirror.http.keys import CONFIG, METRICS, PULL_STATS, ROUTER, SERVICE, STATUS
+from mirror.http.limits import RateLimiter, rate_limit_middleware, server_handler_args
+from mirror.http.middlewares import errors_middleware
+from mirror.http.routes import add_routes
+from mirror.http.server import RELOAD, SERVER_TLS
+from mirror.http.status import add_status_routes
+from mirror.http.tls import ServerTLS
+from mirror.http.workers import WORKER, WorkerRole, supervisor_watch
+from mirror.observe.audit import AuditLog, audit_middleware
+from mirror.observe.metrics import Metrics
+from mirror.observe.pullstats import PullStats
+from mirror.oci.routing import Route, resolve_route
+from mirror.pull.service import PullService
+from mirror.store.db import Database
+from mirror.store.disk import DiskTier
+from mirror.store.index import TagIndex
+from mirror.store.links import RepoLinks
+from mirror.store.tiered import TieredStore, build_tiered
+from mirror.upstream.client import UpstreamClient
+
+log = logging.getLogger("mirror.http.app")
+EVICTION_INTERVAL = 5.0
+USER_AGENT = "mirror/0.1 (pull-through cache)"
+
+
+def create_app(config: Config, metrics: Metrics | None = None,
+               worker: WorkerRole | None = None) -> web.Application:
+    """`worker`: this process is one of server.workers (mirror/workers.py)."""
+    metrics = metrics or Metrics(multiprocess_dir=worker.metrics_dir if worker else None)
+    stats = PullStats(metrics.totals)
+    audit = AuditLog(config.log.audit, metrics) if config.log.audit else None
+    # The audit middleware is outermost: it sees the final status and the whole transfer.
+    app = web.Application(middlewares=[audit_middleware(stats, audit), errors_middleware,
+                                       *_guards(config, metrics)],
+                          client_max_size=1024, handler_args=server_handler_args(config.limits))
+    app[CONFIG] = config
+    app[METRICS] = metrics
+    aliases = config.alias_table()
+
+    def route(name: str, ns: str | None) -> Route:
+        return resolve_route(name, ns, aliases, config.default_upstream)
+
+    app[ROUTER] = route
+    _security(app, config)
+    app[PULL_STATS] = stats
+    app.cleanup_ctx.append(stats.ctx)
+    if audit is not None:
+        app.cleanup_ctx.append(audit.ctx)
+        app[RELOAD].append(audit.reopen)  # SIGHUP after logrotate
+    if worker is not None:
+        app[WORKER] = worker
+        app.cleanup_ctx.append(supervisor_watch(worker))
+    app.cleanup_ctx.append(_service_ctx)
+    add_routes(app)
+    add_status_routes(app)
+    return app
+
+
+def _guards(config: Config, metrics: Metrics) -> list[Middleware]:
+    """Middlewares that refuse requests before any work: rate limit, then client auth (which
+    also applies the access rules after routing, before the service is called)."""
+    guards: list[Middleware] = []
+    if config.limits.rate_limit is not None:
+        guards.append(rate_limit_middleware(RateLimiter(config.limits.rate_limit, metrics.registry)))
+    if config.auth is not None:
+        guards.append(client_auth_middleware)
+    return guards
+
+
+def _security(app: web.Application, config: Config) -> None:
+    app[RELOAD] = []  # run on SIGHUP by mirror/server.py
+    if config.auth is not None:
+        app[CLIENT_AUTH] = ClientAuth(config.auth, app[METRICS].registry, app[ROUTER])
+        app[RELOAD].append(app[CLIENT_AUTH].reload)
+    if config.tls is not None:
+        app[SERVER_TLS] = ServerTLS(config.tls)
+        app[RELOAD].append(app[SERVER_TLS].reload)
+
+
+async def _service_ctx(app: web.Application) -> AsyncIterator[None]:
+    config, metrics = app[CONFIG], app[METRICS]
+    worker = app.get(WORKER)
+    parts = await build_services(config, metrics, worker)
+    tier, clients, service = parts.tier, parts.clients, parts.service
+    app[SERVICE] = service
+    started = time.time()
+
+    def status() -> dict[str, Any]:
+        return {
+            "started": started,
+            "offline": config.offline,
+            "hot": {"used": tier.used, "max": tier.max_size,
+                    "objects": len(list(tier._entries))},
+            "inflight": service.blobs.inflight(),
+            "upstreams": [c.status() for c in clients.values()],
+        }
+
+    app[STATUS] = status
+    primary = worker is None or worker.primary  # with several workers, one keeps the budget
+    # Every worker catches up with the index (its usage figures); only tier.evicting evicts.
+    background = [asyncio.create_task(_evict_loop(tier, service.blobs.shared), name="evictor")]
+    warmer = start_warming(service, config) if primary else None  # None when there are none
+    if warmer is not None:
+        background.append(warmer)
+    if parts.tiers is not None and primary:
+        parts.tiers.start_periodic()  # cold tier usage and max_age expiry
+    log.info("cache at %s: %d objects, %d bytes of %d", config.cache.dir, len(tier._entries),
+             tier.used, tier.max_size)
+    try:
+        yield
+    finally:
+        for task in background:
+            task.cancel()
+        await asyncio.gather(*background, return_exceptions=True)
+        await parts.close()
+
+
+@dataclass
+class Services:
+    """The cache and pull service built from a Config: shared by the server and the
+    command-line tools (seed, import), so both run on exactly the same wiring."""
+
+    db: Database
+    tier: DiskTier
+    tags: TagIndex
+    clients: dict[str, UpstreamClient]
+    service: PullService
+    sessions: list[aiohttp.ClientSession]
+    tiers: TieredStore | None = None  # cold tier (cache.object_store), with write-behind
+
+    async def close(self) -> None:
+        await self.service.close()
+        if self.tiers is not None:
+            await self.tiers.close()  # pending uploads stay in the database for next time
+        for s in self.sessions:
+            await s.close()
+        await self.db.close()
+
+
+async def build_services(config: Config, metrics: Metrics,
+                         worker: WorkerRole | None = None) -> Services:
+    """Open the cache (sweeping unfinished downloads) and one client per upstream; the caller
+    must `await close()`. No upstream client at all when the config is offline. A `worker`
+    shares the cache with the other workers: no sweep, cross-process downloads."""
+    db = Database(config.cache.dir / "index.db")
+    tier = DiskTier(config.cache.dir, db, config.cache.max_size, metrics,
+                    config.cache.high_watermark, config.cache.low_watermark)
+    tier.evicting = worker is None or worker.primary
+    loop = asyncio.get_running_loop()
+    await loop.run_in_executor(None, tier.open_sync, worker is None)
+    await db.start()
+    sessions: list[aiohttp.ClientSession] = []
+    clients: dict[str, UpstreamClient] = {}
+    if not config.offline:
+        for up in config.upstreams.values():
+            session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=None, connect=up.connect_timeout,
+                                              sock_read=up.read_timeout),
+                connector=aiohttp.TCPConnector(limit=64, ttl_dns_cache=300),
+                headers={"User-Agent": USER_AGENT},
+                auto_decompress=False,  # bytes are content-addressed: never let aiohttp alter them
+            )
+            sessions.append(session)
+            clients[up.name] = UpstreamClient(up, session, metrics)
+    tags = TagIndex(db)
+    tiers = build_tiered(config, tier, db, metrics) if config.cache.object_store else None
+    shared = SharedDownloads(tier, db) if worker is not None else None
+    # Access rules make repositories differ in who may pull them: then a cached digest is only
+    # served for repositories it is linked to (mirror/links.py).
+    links = RepoLinks(db) if config.auth is not None else None
+    service = PullService(config, tier, tags, clients, metrics, tiers, shared, links)
+    if tiers is not None:
+        await tiers.start()  # resumes pending uploads
+    return Services(db, tier, tags, clients, service, sessions, tiers)
+
+
+async def _evict_loop(tier: DiskTier, shared: SharedDownloads | None) -> None:
+    while True:
+        await asyncio.sleep(EVICTION_INTERVAL)
+        if shared is not None:
+            shared.learn_from_index()  # what the other workers stored and read meanwhile
+        if tier.evicting and tier.over_budget():
+            try:
+                await tier.evict()
+            except Exception:
+                log.exception("eviction failed")

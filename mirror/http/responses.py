@@ -1,0 +1,173 @@
+"""HTTP responses for content: mapped verified files, tailing streams for downloads."""
+
+from __future__ import annotations
+
+import asyncio
+import mmap
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import IO, Any
+
+from aiohttp import web
+
+from mirror.fetch.coalesce import BlobFetch
+
+MAPPED_CHUNK = 1 << 20  # bytes of a mapped file per transport write
+MAP_WINDOW = 2 << 20  # bytes of a file mapped at once (file pages mapped count into RSS)
+
+
+class SendfileResponse(web.StreamResponse):
+    """Bytes [offset, offset+count) of an open, verified, immutable file.
+
+    The bytes go from the page cache to the socket without passing through Python objects:
+    the file is memory-mapped and slices of the mapping are written to the transport (the
+    kernel copies them into the socket once). Measured on this machine (bench/README.md), that
+    serves a warm 512 MiB blob about twice as fast as sendfile(2) did, for half the CPU: Linux
+    feeds sendfile through a 64 KiB internal pipe. It also works on TLS transports, where
+    sendfile cannot. sendfile remains the fallback for files that cannot be mapped."""
+
+    def __init__(self, fobj: IO[bytes], offset: int, count: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._fobj = fobj
+        self._offset = offset
+        self.content_length = count
+
+    async def prepare(self, request: web.BaseRequest) -> Any:
+        if self.prepared:  # aiohttp prepares a returned response again: already sent
+            return await super().prepare(request)
+        try:
+            writer = await super().prepare(request)
+            if request.method == "HEAD" or self.content_length == 0:
+                return writer
+            if request.transport is None:
+                raise ConnectionResetError("client went away")
+            assert self.content_length is not None
+            if not await self._write_mapped(request, self.content_length):
+                if request.transport is not None:
+                    request.transport.abort()  # a short body must look cut, never complete
+                return writer
+            await super().write_eof()
+            return writer
+        finally:
+            self._fobj.close()
+
+    async def _write_mapped(self, request: web.BaseRequest, count: int) -> bool:
+        """False when the file is shorter than the response said (nothing sent then)."""
+        fd = self._fobj.fileno()
+        if os.fstat(fd).st_size < self._offset + count:
+            return False
+        await write_file_range(request, self, fd, self._offset, count)
+        return True
+
+
+async def write_file_range(request: web.BaseRequest, resp: web.StreamResponse, fd: int,
+                           offset: int, count: int) -> None:
+    """Write bytes [offset, offset+count) of a file that holds them to a prepared response.
+
+    The file is mapped a window at a time (so the process never has more than a window of it
+    resident) and slices of the mapping go to the transport; where mapping fails, sendfile,
+    and where that is not supported either, reads in the executor. Raises ConnectionError
+    when the bytes cannot all be sent."""
+    pos, end = offset, offset + count
+    while pos < end:
+        start = pos - pos % mmap.ALLOCATIONGRANULARITY
+        length = min(MAP_WINDOW, end - start)
+        try:
+            mapped = mmap.mmap(fd, length, prot=mmap.PROT_READ, offset=start)
+        except (OSError, ValueError):  # a file system without mmap
+            await _copy_range(request, resp, fd, pos, end - pos)
+            return
+        view = memoryview(mapped)
+        try:
+            while pos < start + length:
+                n = min(MAPPED_CHUNK, start + length - pos)
+                await resp.write(view[pos - start:pos - start + n])  # waits for the client
+                pos += n
+        finally:
+            view.release()
+            try:
+                mapped.close()
+            except BufferError:  # a slice still queued in the transport: closed when freed
+                pass
+
+
+async def _copy_range(request: web.BaseRequest, resp: web.StreamResponse, fd: int, offset: int,
+                      count: int) -> None:
+    transport = request.transport
+    if transport is None:
+        raise ConnectionResetError("client went away")
+    loop = asyncio.get_running_loop()
+    with open(fd, "rb", closefd=False) as fobj:
+        try:
+            if await loop.sendfile(transport, fobj, offset, count) != count:
+                raise ConnectionResetError("file shorter than expected")
+            return
+        except NotImplementedError:  # no sendfile on this transport: plain copies
+            pass
+    pos, end = offset, offset + count
+    while pos < end:
+        chunk = await loop.run_in_executor(None, os.pread, fd, min(1 << 20, end - pos), pos)
+        if not chunk:
+            raise ConnectionResetError("file shrank while sending")
+        await resp.write(chunk)
+        pos += len(chunk)
+
+
+def open_for_sendfile(path: Path) -> IO[bytes]:
+    return open(path, "rb")
+
+
+async def stream_fetch(request: web.Request, resp: web.StreamResponse, fetch: BlobFetch, fd: int,
+                       start: int, end: int) -> int:
+    """Send bytes [start, end] of a download in progress; returns bytes sent.
+
+    Bytes already in the temp file go out as they land, from the page cache (mapped, see
+    write_file_range), so twenty readers of one download cost little more CPU than one. If the
+    download fails, the connection is cut: the client must see a broken transfer, never a
+    clean end."""
+    sent = 0
+    try:
+        await resp.prepare(request)
+        async for offset, count in fetch.windows(start, end):
+            await write_file_range(request, resp, fd, offset, count)
+            sent += count
+    except BaseException:
+        if request.transport is not None:
+            request.transport.abort()
+        raise
+    finally:
+        fetch.close_reader(fd)
+    await resp.write_eof()
+    return sent
+
+
+async def stream_body(request: web.Request, resp: web.StreamResponse, body: AsyncIterator[bytes],
+                      start: int, end: int) -> int:
+    """Send bytes [start, end] of a stream that verifies itself as it ends (end < 0: to the
+    end). The last piece waits until the whole body was read, i.e. verified, even for a short
+    range; a failure cuts the connection."""
+    sent = pos = 0
+    held = b""
+    try:
+        await resp.prepare(request)
+        async for chunk in body:
+            lo, hi = pos, pos + len(chunk)
+            pos = hi
+            piece = chunk[max(0, start - lo):(end + 1 - lo) if end >= 0 else None] if hi > start else b""
+            if piece:
+                if held:
+                    await resp.write(held)
+                    sent += len(held)
+                held = piece
+        if held:
+            await resp.write(held)
+            sent += len(held)
+    except BaseException:
+        if request.transport is not None:
+            request.transport.abort()
+        raise
+    finally:
+        await body.aclose()  # type: ignore[attr-defined]
+    await resp.write_eof()
+    return sent

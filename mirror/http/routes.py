@@ -1,0 +1,236 @@
+"""Thin HTTP handlers: parse and validate, ask the service, write headers and bytes."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator
+from urllib.parse import urlencode
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from mirror.http.keys import METRICS, ROUTER, SERVICE
+from mirror.http.responses import (
+    SendfileResponse,
+    open_for_sendfile,
+    stream_body,
+    stream_fetch,
+)
+from mirror.observe.record import PullRecord, record_of
+from mirror.oci.apipath import API_VERSION_HEADER, parse_api_path
+from mirror.oci.errors import MirrorError, Unsupported
+from mirror.oci.models import Digest, Reference, parse_accept_lines, parse_range
+from mirror.oci.routing import Route
+from mirror.pull.service import PassThrough
+
+log = logging.getLogger("mirror.http.routes")
+PULL_METHODS = ("GET", "HEAD")
+
+
+async def v2_root(request: web.Request) -> web.Response:
+    return web.json_response({}, headers=API_VERSION_HEADER)
+
+
+async def v2_api(request: web.Request) -> web.StreamResponse:
+    if request.method not in PULL_METHODS:
+        raise Unsupported(f"{request.method} is not supported: this is a read-only pull mirror")
+    api = parse_api_path(request.match_info["tail"])
+    ns = request.query.get("ns")
+    route = request.app[ROUTER](api.name, ns)
+    rec = record_of(request)
+    rec.route = route
+    rec.reference = api.ref
+    headers = dict(API_VERSION_HEADER)
+    if ns is not None:
+        headers["OCI-Namespace"] = ns  # containerd's hosts.md: echo the namespace we served
+    if api.kind == "manifests":
+        return await _manifest(request, route, api.ref, headers)
+    if api.kind == "blobs":
+        return await _blob(request, route, api.ref, headers)
+    if api.kind == "tags":
+        rec.kind = "tags"
+        return await _passthrough(request, await request.app[SERVICE].tags_list(
+            route.upstream, route.repo, _query_without_ns(request)), headers, "tag", route)
+    digest = Digest.parse(api.ref)
+    rec.kind = "referrers"
+    return await _passthrough(request, await request.app[SERVICE].referrers(
+        route.upstream, route.repo, digest, _query_without_ns(request)), headers, "tag", route)
+
+
+def _query_without_ns(request: web.Request) -> str:
+    allowed = {k: v for k, v in request.query.items() if k in ("n", "last", "artifactType")}
+    return urlencode(allowed)
+
+
+async def _passthrough(request: web.Request, answer: PassThrough, headers: dict[str, str],
+                       kind: str, route: Route) -> web.Response:
+    if answer.content_type:
+        headers["Content-Type"] = answer.content_type
+    if answer.link:
+        headers["Link"] = answer.link
+    result = answer.result if answer.status == 200 else "error"
+    rec = record_of(request)
+    rec.result, rec.bytes = result, len(answer.body) if request.method == "GET" else 0
+    request.app[METRICS].requests.labels(route.upstream, kind, result).inc()
+    return web.Response(status=answer.status, body=answer.body, headers=headers)
+
+
+async def _manifest(request: web.Request, route: Route, ref_text: str,
+                    headers: dict[str, str]) -> web.Response:
+    ref = Reference.parse(ref_text)
+    metrics = request.app[METRICS]
+    rec = record_of(request)
+    rec.kind = "manifest"
+    try:
+        answer = await request.app[SERVICE].manifest(
+            route.upstream, route.repo, ref, parse_accept_lines(request.headers.getall("Accept", [])),
+            prefetch=request.method == "GET")
+    except MirrorError:
+        metrics.requests.labels(route.upstream, "manifest" if ref.digest else "tag", "error").inc()
+        raise
+    m = answer.manifest
+    metrics.requests.labels(route.upstream, "manifest" if ref.digest else "tag",
+                            answer.result).inc()
+    rec.digest, rec.result = str(m.digest), answer.result
+    headers.update({
+        "Docker-Content-Digest": str(m.digest),
+        "Content-Type": m.media_type,
+        "ETag": f'"{m.digest}"',
+    })
+    if request.method == "HEAD":
+        headers["Content-Length"] = str(len(m.body))
+        return web.Response(status=200, headers=headers)
+    rec.bytes = len(m.body)
+    # A coalesced answer came from an upstream fetch too, just one another request started.
+    metrics.served(route.upstream, "upstream" if answer.result in ("miss", "coalesced") else "hot",
+                   len(m.body))
+    return web.Response(status=200, body=m.body, headers=headers)
+
+
+async def _blob(request: web.Request, route: Route, ref_text: str,
+                headers: dict[str, str]) -> web.StreamResponse:
+    digest = Digest.parse(ref_text)
+    service = request.app[SERVICE]
+    metrics = request.app[METRICS]
+    rec = record_of(request)
+    rec.kind, rec.digest = "blob", str(digest)
+    try:
+        handle = await service.open_blob(route.upstream, route.repo, digest)
+    except MirrorError:
+        metrics.requests.labels(route.upstream, "blob", "error").inc()
+        raise
+    try:
+        # Filled from the cold tier: a cache hit, no upstream byte was needed.
+        result = "hit" if handle.source == "cold" and handle.result == "miss" else handle.result
+        rec.result = result
+        metrics.requests.labels(route.upstream, "blob", result).inc()
+        if handle.size is None and handle.fetch is not None:
+            # Upstream sent no length: only a finished download tells us the size.
+            while not handle.fetch.done:
+                if handle.fetch.error is not None:
+                    raise handle.fetch.error
+                await handle.fetch.changed()
+            handle.size = handle.fetch.available
+        if handle.body is not None and (handle.size is None or request.method == "HEAD"):
+            return await _stream_uncached(request, handle.body, handle.size, digest, headers, rec)
+        size = handle.size
+        assert size is not None
+        rng = parse_range(request.headers.get("Range"), size) if size else None
+        start, end = rng if rng is not None else (0, size - 1)
+        headers.update({
+            "Docker-Content-Digest": str(digest),
+            "Content-Type": "application/octet-stream",
+            "Accept-Ranges": "bytes",
+            "ETag": f'"{digest}"',
+            "Cache-Control": "max-age=31536000",
+        })
+        status = 200
+        if rng is not None:
+            status = 206
+            headers["Content-Range"] = f"bytes {start}-{end}/{size}"
+        count = end - start + 1 if size else 0
+        if request.method == "HEAD":
+            headers["Content-Length"] = str(count)
+            if handle.fd is not None and handle.fetch is not None:
+                handle.fetch.close_reader(handle.fd)
+                handle.fd = None
+            return web.Response(status=status, headers=headers)
+        if handle.body is not None:
+            resp = web.StreamResponse(status=status, headers=headers)
+            resp.content_length = count
+            try:
+                sent = await stream_body(request, resp, handle.body, start, end)
+            except (MirrorError, ConnectionError) as e:
+                log.warning("cut uncached blob %s for a client: %s", digest, e)
+                rec.result = "error"
+                return resp
+        elif handle.path is not None:
+            # Already open with server.workers > 1 (another worker may evict the path).
+            fobj, handle.file = handle.file or open_for_sendfile(handle.path), None
+            resp = SendfileResponse(fobj, start,
+                                                        count, status=status, headers=headers)
+            await resp.prepare(request)
+            sent = count
+        else:
+            assert handle.fetch is not None and handle.fd is not None
+            resp = web.StreamResponse(status=status, headers=headers)
+            resp.content_length = count
+            fd, handle.fd = handle.fd, None
+            t0 = time.monotonic()
+            try:
+                sent = await stream_fetch(request, resp, handle.fetch, fd, start, end)
+            except MirrorError as e:
+                log.warning("cut blob %s for a client after %.1fs: %s", digest,
+                            time.monotonic() - t0, e.message)
+                rec.result = "error"
+                return resp
+            except ConnectionError:  # the client went away; the download goes on for others
+                rec.result = "error"
+                return resp
+        rec.bytes = sent
+        metrics.served(route.upstream, handle.source,  # hot, cold (promoted) or upstream
+                       sent)
+        return resp
+    finally:
+        if handle.fd is not None and handle.fetch is not None:
+            handle.fetch.close_reader(handle.fd)
+        service.release_blob(handle)
+
+
+async def _stream_uncached(request: web.Request, body: AsyncIterator[bytes], size: int | None,
+                           digest: Digest, headers: dict[str, str],
+                           rec: PullRecord) -> web.StreamResponse:
+    """Disk-full mode with an upstream that sent no length (or a HEAD): no Range support."""
+    headers.update({"Docker-Content-Digest": str(digest), "Content-Type": "application/octet-stream"})
+    if request.method == "HEAD":
+        await body.aclose()  # type: ignore[attr-defined]
+        if size is not None:
+            headers["Content-Length"] = str(size)
+        return web.Response(status=200, headers=headers)
+    resp = web.StreamResponse(status=200, headers=headers)
+    rec.bytes = await stream_body(request, resp, body, 0, -1)
+    return resp
+
+
+async def metrics_handler(request: web.Request) -> web.Response:
+    body = request.app[METRICS].exposition()  # every worker's samples with server.workers > 1
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ready"})
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_route("GET", "/v2/", v2_root)
+    app.router.add_route("HEAD", "/v2/", v2_root)
+    app.router.add_route("GET", "/v2", v2_root)
+    app.router.add_route("*", "/v2/{tail:.+}", v2_api)
+    app.router.add_get("/metrics", metrics_handler)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)

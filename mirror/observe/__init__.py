@@ -1,0 +1,1 @@
+"""What the mirror reports: Prometheus metrics, pull statistics, the audit log, the status page's content."""

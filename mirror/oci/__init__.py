@@ -1,0 +1,3 @@
+"""OCI distribution vocabulary: digests, names and references, media types, API paths, ranges, the
+error tree. Pure: imports nothing else of mirror.
+"""

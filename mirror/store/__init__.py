@@ -1,0 +1,3 @@
+"""Where verified content lives: the index database, tag records, repository links, the hot disk tier,
+the cold object-store tier, uploads between them.
+"""

@@ -1,0 +1,430 @@
+"""Hot tier: verified content in local files named by digest, within a size budget.
+
+Layout under cache.dir:  blobs/<alg>/<2 hex>/<hex>  (content)   tmp/  (downloads in progress)
+A file appears under blobs/ only by os.replace() of a temp file whose digest was checked and
+whose bytes were fsynced, so a crash at any moment leaves either the whole verified file or
+nothing (plus a temp file, swept at start)."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import os
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mirror.observe.metrics import Metrics
+from mirror.oci.errors import VerificationError
+from mirror.oci.models import Digest
+from mirror.store.base import READ_CHUNK
+from mirror.store.db import Database
+
+log = logging.getLogger("mirror.store.disk")
+ACCESS_RESOLUTION = 60.0  # last-access times closer than this are not rewritten
+IOV_BATCH = 512  # buffers per pwritev call (the kernel's IOV_MAX is 1024)
+
+
+@dataclass(slots=True)
+class Entry:
+    size: int
+    media_type: str | None
+    is_manifest: bool
+    last_access: float
+
+
+class TempBlob:
+    """A download in progress: written and hashed in a worker thread, read by tailing readers."""
+
+    def __init__(self, tier: DiskTier, digest: Digest, expected_size: int | None) -> None:
+        self.tier = tier
+        self.digest = digest
+        self.expected_size = expected_size
+        self.path = tier.tmp_dir / f"{digest.hex[:16]}.{uuid.uuid4().hex}"
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+        self._hasher = digest.hasher()
+        self.written = 0
+        self.closed = False
+
+    def write_sync(self, data: bytes) -> None:
+        # pwrite at our own offset: readers share this file and must never move our position.
+        view = memoryview(data)
+        pos = self.written
+        while view:
+            n = os.pwrite(self.fd, view, pos)
+            view = view[n:]
+            pos += n
+        self._hasher.update(data)  # hashlib releases the GIL on large buffers
+        self.written += len(data)
+
+    def write_many_sync(self, chunks: list[bytes]) -> int:
+        """Append chunks as they came off the socket: one pwritev, no joining copy. Returns
+        the bytes written."""
+        total = sum(len(c) for c in chunks)
+        pos, end = self.written, self.written + total
+        views = [memoryview(c) for c in chunks if c]
+        while views:
+            n = os.pwritev(self.fd, views[:IOV_BATCH], pos)
+            pos += n
+            while views and n >= len(views[0]):
+                n -= len(views[0])
+                views.pop(0)
+            if n:
+                views[0] = views[0][n:]
+        assert pos == end
+        for c in chunks:
+            self._hasher.update(c)
+        self.written = end
+        return total
+
+    def matches(self) -> bool:
+        if self.expected_size is not None and self.written != self.expected_size:
+            return False
+        return bool(self._hasher.hexdigest() == self.digest.hex)
+
+    def close_sync(self) -> None:
+        if not self.closed:
+            self.closed = True
+            os.close(self.fd)
+
+    def abort_sync(self) -> None:
+        self.close_sync()
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+
+
+class DiskTier:
+    name = "hot"
+
+    def __init__(self, root: Path, db: Database, max_size: int, metrics: Metrics,
+                 high_watermark: float = 0.95, low_watermark: float = 0.85) -> None:
+        self.root = root
+        self.blob_dir = root / "blobs"
+        self.tmp_dir = root / "tmp"
+        self._db = db
+        self.max_size = max_size
+        self.high = int(max_size * high_watermark)
+        self.low = int(max_size * low_watermark)
+        self._metrics = metrics
+        self._entries: dict[str, Entry] = {}
+        self._pins: dict[str, int] = {}
+        self.used = 0
+        self._evict_lock = asyncio.Lock()
+        self.evicted_hook: list[Any] = []  # callables(digest) told after an eviction
+        # Awaited before a victim is deleted: the tiered cache uses it to finish that blob's
+        # upload to the cold tier first, so evicted content can always come back from there.
+        self.evict_guard: Callable[[Digest], Awaitable[None]] | None = None
+        self.touch_hooks: list[Callable[[Digest], None]] = []  # told on every access
+        # Told after every write, whichever path it took (fetch, manifest, promotion, import):
+        # (digest, is_manifest). The tiered cache queues the copy to the cold tier here.
+        self.commit_hooks: list[Callable[[Digest, bool], None]] = []
+        # False in all but one of several worker processes sharing this directory: one process
+        # keeps the budget, from the index all of them write (mirror/sharedfetch.py).
+        self.evicting = True
+        metrics.cache_budget.labels(self.name).set(max_size)
+
+    # -- start-up ---------------------------------------------------------------------------
+
+    def open_sync(self, sweep: bool = True) -> None:
+        """Sweep leftovers and rebuild the accounting from what is really on disk. sweep=False
+        for a worker process: tmp/ then holds other workers' downloads (the supervisor sweeps
+        it once, before any worker starts)."""
+        self.blob_dir.mkdir(parents=True, exist_ok=True)
+        self.tmp_dir.mkdir(parents=True, exist_ok=True)
+        swept = 0
+        for p in self.tmp_dir.iterdir() if sweep else ():
+            try:
+                p.unlink()
+                swept += 1
+            except OSError:
+                pass
+        if swept:
+            log.info("removed %d unfinished downloads from %s", swept, self.tmp_dir)
+        known = {row[0]: row for row in self._db.query(
+            "SELECT digest, size, media_type, is_manifest, last_access FROM content")}
+        on_disk: dict[str, Entry] = {}
+        for alg_dir in self.blob_dir.iterdir():
+            for sub in alg_dir.iterdir():
+                for f in sub.iterdir():
+                    key = f"{alg_dir.name}:{f.name}"
+                    try:
+                        Digest.parse(key)
+                        st = f.stat()
+                    except (ValueError, OSError):
+                        continue
+                    row = known.get(key)
+                    if row is not None and row[1] == st.st_size:
+                        on_disk[key] = Entry(st.st_size, row[2], bool(row[3]), row[4])
+                    else:
+                        # On disk but unknown to the index (crash between rename and index
+                        # write): the name was verified before the rename, so keep it.
+                        on_disk[key] = Entry(st.st_size, None, False, st.st_mtime)
+        stmts: list[tuple[str, tuple[Any, ...]]] = [
+            ("DELETE FROM content WHERE digest=?", (d,)) for d in known if d not in on_disk]
+        stmts += [("INSERT OR REPLACE INTO content (digest, size, media_type, is_manifest, "
+                   "last_access, stored_at) VALUES (?, ?, ?, ?, ?, ?)",
+                   (d, e.size, e.media_type, int(e.is_manifest), e.last_access, e.last_access))
+                  for d, e in on_disk.items() if d not in known or known[d][1] != e.size]
+        if stmts:
+            self._db.write_now(stmts)
+        self._entries = on_disk
+        self.used = sum(e.size for e in on_disk.values())
+        self._publish()
+
+    def _publish(self) -> None:
+        self._metrics.cache_bytes.labels(self.name).set(self.used)
+        self._metrics.cache_objects.labels(self.name).set(len(self._entries))
+
+    # -- lookups (sync, no I/O: answered from the in-memory accounting) -----------------------
+
+    def path(self, digest: Digest) -> Path:
+        return self.blob_dir / digest.algorithm / digest.hex[:2] / digest.hex
+
+    def entry(self, digest: Digest) -> Entry | None:
+        return self._entries.get(str(digest))
+
+    def touch(self, digest: Digest) -> None:
+        e = self._entries.get(str(digest))
+        if e is None:
+            return
+        for hook in self.touch_hooks:
+            hook(digest)
+        now = time.time()
+        if now - e.last_access >= ACCESS_RESOLUTION:
+            self._db.write("UPDATE content SET last_access=? WHERE digest=?", (now, str(digest)))
+        e.last_access = now
+
+    def pin(self, digest: Digest) -> None:
+        key = str(digest)
+        self._pins[key] = self._pins.get(key, 0) + 1
+
+    def unpin(self, digest: Digest) -> None:
+        key = str(digest)
+        n = self._pins.get(key, 0) - 1
+        if n <= 0:
+            self._pins.pop(key, None)
+        else:
+            self._pins[key] = n
+
+    # -- writes -------------------------------------------------------------------------------
+
+    def new_temp(self, digest: Digest, expected_size: int | None) -> TempBlob:
+        return TempBlob(self, digest, expected_size)
+
+    def _commit_sync(self, temp: TempBlob) -> None:
+        # Does not close temp.fd: readers dup() it on the loop thread at any moment, so the
+        # descriptor is closed there, after this returns.
+        if not temp.matches():
+            raise VerificationError(
+                f"content for {temp.digest} did not verify ({temp.written} bytes)")
+        os.fsync(temp.fd)
+        final = self.path(temp.digest)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(temp.path, final)
+
+    async def commit(self, temp: TempBlob, media_type: str | None = None,
+                     is_manifest: bool = False) -> None:
+        """Verify, fsync and move into place; on mismatch raise VerificationError and delete."""
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, self._commit_sync, temp)
+        except BaseException:
+            temp.abort_sync()
+            raise
+        temp.close_sync()
+        self._account(temp.digest, temp.written, media_type, is_manifest)
+        await self.enforce_budget()
+
+    def _account(self, digest: Digest, size: int, media_type: str | None,
+                 is_manifest: bool) -> None:
+        key = str(digest)
+        now = time.time()
+        old = self._entries.get(key)
+        if old is not None:
+            self.used -= old.size
+        self._entries[key] = Entry(size, media_type, is_manifest, now)
+        self.used += size
+        self._db.write("INSERT OR REPLACE INTO content (digest, size, media_type, is_manifest, "
+                       "last_access, stored_at) VALUES (?, ?, ?, ?, ?, ?)",
+                       (key, size, media_type, int(is_manifest), now, now))
+        self._publish()
+        for hook in self.commit_hooks:
+            hook(digest, is_manifest)
+
+    def learn(self, digest: Digest, size: int, media_type: str | None = None,
+              is_manifest: bool = False, last_access: float | None = None) -> None:
+        """Content another process sharing this directory committed (server.workers > 1): it
+        already wrote the index row and queued the cold-tier copy."""
+        key = str(digest)
+        old = self._entries.get(key)
+        if old is not None:
+            self.used -= old.size
+        self._entries[key] = Entry(size, media_type, is_manifest,
+                                   time.time() if last_access is None else last_access)
+        self.used += size
+        self._publish()
+
+    def forget(self, digest: Digest) -> None:
+        """The file is gone (another process evicted it): drop it from the accounting only."""
+        e = self._entries.pop(str(digest), None)
+        if e is not None:
+            self.used -= e.size
+            self._publish()
+
+    def _write_bytes_sync(self, digest: Digest, data: bytes) -> None:
+        temp = self.new_temp(digest, len(data))
+        try:
+            temp.write_sync(data)
+            self._commit_sync(temp)
+            temp.close_sync()
+        except BaseException:
+            temp.abort_sync()
+            raise
+
+    async def put_bytes(self, digest: Digest, data: bytes, media_type: str | None = None,
+                        is_manifest: bool = False) -> None:
+        await asyncio.get_running_loop().run_in_executor(None, self._write_bytes_sync, digest,
+                                                         data)
+        self._account(digest, len(data), media_type, is_manifest)
+        await self.enforce_budget()
+
+    def read_bytes_sync(self, digest: Digest) -> bytes | None:
+        try:
+            return self.path(digest).read_bytes()
+        except FileNotFoundError:
+            return None
+
+    # -- BlobStore contract ---------------------------------------------------------------------
+
+    async def stat(self, digest: Digest) -> int | None:
+        e = self._entries.get(str(digest))
+        return e.size if e is not None else None
+
+    async def read(self, digest: Digest, start: int = 0,
+                   end: int | None = None) -> AsyncIterator[bytes]:
+        loop = asyncio.get_running_loop()
+        fd = await loop.run_in_executor(None, os.open, self.path(digest), os.O_RDONLY)
+        try:
+            size = os.fstat(fd).st_size
+            last = size - 1 if end is None else min(end, size - 1)
+            pos = start
+            while pos <= last:
+                chunk = await loop.run_in_executor(None, os.pread, fd,
+                                                   min(READ_CHUNK, last - pos + 1), pos)
+                if not chunk:
+                    break
+                pos += len(chunk)
+                yield chunk
+        finally:
+            os.close(fd)
+
+    def _copy_in_sync(self, digest: Digest, src: Path) -> int:
+        temp = self.new_temp(digest, None)
+        try:
+            with open(src, "rb") as f:
+                while chunk := f.read(READ_CHUNK):
+                    temp.write_sync(chunk)
+            self._commit_sync(temp)
+            temp.close_sync()
+        except BaseException:
+            temp.abort_sync()
+            raise
+        return temp.written
+
+    async def put_file(self, digest: Digest, path: Path, media_type: str | None = None,
+                       is_manifest: bool = False) -> None:
+        if str(digest) in self._entries:
+            return
+        size = await asyncio.get_running_loop().run_in_executor(None, self._copy_in_sync,
+                                                                digest, path)
+        self._account(digest, size, media_type, is_manifest)
+        await self.enforce_budget()
+
+    async def adopt(self, digest: Digest, path: Path, media_type: str | None = None,
+                    is_manifest: bool = False) -> None:
+        """Move a file under tmp/ that the caller already hashed and fsynced into place, with
+        no second copy: a bundle import verifies every blob first and commits only then."""
+
+        def move() -> int:
+            final = self.path(digest)
+            final.parent.mkdir(parents=True, exist_ok=True)
+            size = os.stat(path).st_size
+            os.replace(path, final)
+            return size
+
+        size = await asyncio.get_running_loop().run_in_executor(None, move)
+        self._account(digest, size, media_type, is_manifest)
+        await self.enforce_budget()
+
+    async def delete(self, digest: Digest) -> bool:
+        key = str(digest)
+        e = self._entries.pop(key, None)
+        if e is None:
+            return False
+        self.used -= e.size
+        self._db.write("DELETE FROM content WHERE digest=?", (key,))
+        self._publish()
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, os.unlink, self.path(digest))
+        except FileNotFoundError:
+            pass
+        return True
+
+    async def list(self) -> AsyncIterator[tuple[Digest, int]]:
+        for key, e in list(self._entries.items()):
+            yield Digest.parse(key), e.size
+
+    # -- budget ---------------------------------------------------------------------------------
+
+    def has_room(self, nbytes: int) -> bool:
+        """Whether the file system can take `nbytes` more (plus a margin for the index)."""
+        st = os.statvfs(self.tmp_dir)
+        return st.f_bavail * st.f_frsize > nbytes + 4 * 1024 * 1024
+
+    def over_budget(self) -> bool:
+        return self.used > self.high
+
+    async def enforce_budget(self) -> None:
+        """Called after every write: a commit that crosses the high watermark evicts right
+        away, so usage never runs past the budget by more than the blob just written (waiting
+        for the 5 s background loop would let a burst of downloads overshoot by far more)."""
+        if self.evicting and self.over_budget():
+            await self.evict()
+
+    async def evict(self, target: int | None = None) -> tuple[int, int]:
+        """Delete least recently used, unpinned content until usage <= target (low watermark).
+        Returns (objects, bytes) removed. Concurrent callers run one after the other, each
+        re-checking the usage, so every commit leaves the tier at or under its goal."""
+        goal = self.low if target is None else target
+        removed = freed = 0
+        async with self._evict_lock:
+            for key, e in sorted(self._entries.items(), key=lambda kv: kv[1].last_access):
+                if self.used <= goal:
+                    break
+                if key in self._pins or self._entries.get(key) is not e:
+                    continue  # being read or written right now, or replaced meanwhile
+                d = Digest.parse(key)
+                if self.evict_guard is not None:
+                    await self.evict_guard(d)
+                    if key in self._pins or self._entries.get(key) is not e:
+                        continue  # a reader arrived while the guard waited
+                if await self.delete(d):
+                    removed += 1
+                    freed += e.size
+                    for hook in self.evicted_hook:
+                        hook(d)
+        if removed:
+            self._metrics.evictions.labels(self.name).inc(removed)
+            self._metrics.evicted_bytes.labels(self.name).inc(freed)
+            log.info("evicted %d objects, %d bytes; hot tier now %d of %d bytes",
+                     removed, freed, self.used, self.max_size)
+        return removed, freed
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)

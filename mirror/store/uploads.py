@@ -1,0 +1,251 @@
+"""Write-behind to the cold tier: every verified blob, manifest and tag record is copied there
+in the background, a few at a time, retried with backoff, and remembered in the database's
+`pending_uploads` table so that a restart resumes what was not yet copied.
+
+A job names what to copy, never the bytes: at upload time the blob is read from the hot tier
+and the tag record from the tag index, so a retry always sends the current truth."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from mirror.observe.metrics import Metrics
+from mirror.oci.errors import DigestInvalid
+from mirror.oci.models import Digest
+from mirror.store.db import Database
+from mirror.store.disk import DiskTier
+from mirror.store.objectstore import ColdTier
+
+log = logging.getLogger("mirror.store.uploads")
+RETRY_MIN = 1.0
+RETRY_MAX = 300.0
+
+# (upstream, repo, tag) -> {"digest", "media_type", "size", "checked_at"}, or None
+TagSource = Callable[[str, str, str], dict[str, Any] | None]
+
+
+def tag_job_key(upstream: str, repo: str, tag: str) -> str:
+    return "tag " + json.dumps([upstream, repo, tag])
+
+
+@dataclass(slots=True)
+class Job:
+    key: str
+    kind: str  # blob | manifest | tag
+    attempts: int = 0
+    again: bool = False  # queued again while running: copy once more when this run ends
+    running: asyncio.Future[bool] | None = None
+    retry: asyncio.TimerHandle | None = field(default=None, repr=False)
+
+
+class Uploader:
+    def __init__(self, hot: DiskTier, cold: ColdTier, db: Database, metrics: Metrics,
+                 concurrency: int = 4) -> None:
+        self.hot = hot
+        self.cold = cold
+        self.db = db
+        self.metrics = metrics
+        self.concurrency = max(1, concurrency)
+        self.tag_source: TagSource | None = None
+        self.on_uploaded: list[Callable[[str, int], None]] = []  # (kind, bytes) after a copy
+        self._jobs: dict[str, Job] = {}
+        self._queue: asyncio.Queue[str] | None = None
+        self._workers: list[asyncio.Task[None]] = []
+        self._idle: asyncio.Event | None = None
+
+    # -- lifetime -------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._queue = asyncio.Queue()
+        self._idle = asyncio.Event()
+        rows = self.db.query("SELECT digest, kind FROM pending_uploads ORDER BY queued_at")
+        for key, kind in rows:
+            if str(key) not in self._jobs:
+                self._jobs[str(key)] = Job(str(key), str(kind))
+        if rows:
+            log.info("resuming %d pending uploads to the cold tier", len(rows))
+        for key in list(self._jobs):  # also what was queued before start()
+            self._enqueue(key)
+        self._update_idle()
+        self._workers = [asyncio.create_task(self._work(), name=f"cold-upload-{i}")
+                         for i in range(self.concurrency)]
+
+    async def close(self) -> None:
+        """Stop copying; what is unfinished stays in pending_uploads for the next start."""
+        running: list[asyncio.Future[Any]] = [
+            j.running for j in self._jobs.values() if j.running is not None]
+        for job in self._jobs.values():
+            if job.retry is not None:
+                job.retry.cancel()
+        for fut in [*self._workers, *running]:
+            fut.cancel()
+        await asyncio.gather(*self._workers, *running, return_exceptions=True)
+        self._workers = []
+
+    # -- queueing -------------------------------------------------------------------------------
+
+    def queue_blob(self, digest: Digest) -> None:
+        self._add(str(digest), "blob")
+
+    def queue_manifest(self, digest: Digest) -> None:
+        self._add(str(digest), "manifest")
+
+    def queue_tag(self, upstream: str, repo: str, tag: str) -> None:
+        self._add(tag_job_key(upstream, repo, tag), "tag")
+
+    def pending(self) -> int:
+        return len(self._jobs)
+
+    def _add(self, key: str, kind: str, persist: bool = True) -> None:
+        job = self._jobs.get(key)
+        if job is not None:
+            if job.running is not None:
+                job.again = True  # copying an older state (a tag that moved on): copy again
+            return
+        self._jobs[key] = Job(key, kind)
+        if persist:
+            self.db.write("INSERT OR REPLACE INTO pending_uploads (digest, kind, queued_at) "
+                          "VALUES (?, ?, ?)", (key, kind, time.time()))
+        self._enqueue(key)
+
+    def _enqueue(self, key: str) -> None:
+        job = self._jobs.get(key)
+        if job is None or self._queue is None:
+            return  # done meanwhile, or not started yet (start() queues what is pending)
+        job.retry = None
+        self._queue.put_nowait(key)
+        self._update_idle()
+
+    def _update_idle(self) -> None:
+        self.metrics.cold_pending.set(len(self._jobs))
+        if self._idle is None:
+            return
+        if self._jobs:
+            self._idle.clear()
+        else:
+            self._idle.set()
+
+    # -- running --------------------------------------------------------------------------------
+
+    async def _work(self) -> None:
+        assert self._queue is not None
+        while True:
+            key = await self._queue.get()
+            job = self._jobs.get(key)
+            if job is None or job.running is not None or job.retry is not None:
+                continue
+            await self._run(job)
+
+    def _run(self, job: Job) -> asyncio.Future[bool]:
+        """Start the job (once) and return its future: True when copied or nothing to copy."""
+        if job.running is not None:
+            return job.running
+        fut: asyncio.Future[bool] = asyncio.ensure_future(self._copy(job))
+        job.running = fut
+        return fut
+
+    async def ensure(self, key: str, wait: float) -> bool:
+        """Finish the pending upload of `key` now (the evictor needs the hot copy gone).
+        True when nothing is pending any more."""
+        job = self._jobs.get(key)
+        if job is None:
+            return True
+        if job.retry is not None:
+            job.retry.cancel()
+            job.retry = None
+        try:
+            return await asyncio.wait_for(asyncio.shield(self._run(job)), wait)
+        except TimeoutError:
+            return False
+
+    async def drain(self, wait: float) -> bool:
+        """Wait until nothing is pending (command line, tests). False on timeout."""
+        if self._idle is None:
+            return not self._jobs
+        try:
+            await asyncio.wait_for(self._idle.wait(), wait)
+        except TimeoutError:
+            return False
+        return True
+
+    async def _copy(self, job: Job) -> bool:
+        try:
+            sent = await self._upload(job)
+        except asyncio.CancelledError:
+            job.running = None
+            raise
+        except Exception as e:  # object-store errors come in many types; all are retried
+            job.attempts += 1
+            job.running = None
+            delay = min(RETRY_MAX, RETRY_MIN * 2 ** (job.attempts - 1))
+            self.metrics.cold_uploads.labels(job.kind, "error").inc()
+            log.warning("upload of %s %s to the cold tier failed (attempt %d, retry in %.0fs): "
+                        "%s: %s", job.kind, job.key[:80], job.attempts, delay,
+                        type(e).__name__, str(e).splitlines()[0][:200] if str(e) else "")
+            job.retry = asyncio.get_running_loop().call_later(delay, self._enqueue, job.key)
+            return False
+        result = "gone" if sent is None else "present" if sent == 0 else "ok"
+        self.metrics.cold_uploads.labels(job.kind, result).inc()
+        if sent:
+            for hook in self.on_uploaded:
+                hook(job.kind, sent)
+        job.running = None
+        if job.again:
+            job.again, job.attempts = False, 0
+            self._enqueue(job.key)
+            return True
+        self._jobs.pop(job.key, None)
+        self.db.write("DELETE FROM pending_uploads WHERE digest=?", (job.key,))
+        self._update_idle()
+        return True
+
+    async def _upload(self, job: Job) -> int | None:
+        """Copy one job's content. Returns bytes sent, 0 when the cold tier already had it, or
+        None when there is nothing left to copy (the hot copy is gone)."""
+        if job.kind == "tag":
+            return await self._upload_tag(job.key)
+        try:
+            digest = Digest.parse(job.key)
+        except DigestInvalid:
+            return None
+        if job.kind == "manifest":
+            return await self._upload_manifest(digest)
+        entry = self.hot.entry(digest)
+        if entry is None:
+            return None
+        if await self.cold.stat(digest) == entry.size:
+            return 0  # another node copied it already
+        await self.cold.put_file(digest, self.hot.path(digest))
+        return entry.size
+
+    async def _upload_manifest(self, digest: Digest) -> int | None:
+        entry = self.hot.entry(digest)
+        body = self.hot.read_bytes_sync(digest) if entry is not None else None
+        if entry is None or body is None:
+            return None
+        if await self.cold.has_manifest(digest):
+            return 0
+        await self.cold.put_manifest(digest, body, entry.media_type)
+        return len(body)
+
+    async def _upload_tag(self, key: str) -> int | None:
+        try:
+            upstream, repo, tag = json.loads(key[len("tag "):])
+        except ValueError:
+            return None
+        record = self.tag_source(upstream, repo, tag) if self.tag_source is not None else None
+        if record is None or not record.get("digest"):
+            return None
+        digest = Digest.parse(str(record["digest"]))
+        # The manifest goes first: a node that reads the tag record must find its manifest.
+        if (not await self.cold.has_manifest(digest)
+                and await self._upload_manifest(digest) is None):
+            return None  # neither here nor there: the record would point at nothing
+        await self.cold.put_tag(upstream, repo, tag, record)
+        return 1
