@@ -29,6 +29,7 @@ system-deps:
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check mirror tests bench
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports  # the layer map in pyproject.toml
 
 test: $(VENV)/.installed system-deps lint
 	$(VENV)/bin/pytest -q -ra $(PYTEST_ARGS)
