@@ -169,8 +169,8 @@ async def _seed(config: Config, url: str | None, refs: list[ImageRef], options: 
 
     from mirror.airgap.seed import Seeder, ServiceSource
     from mirror.airgap.seed_http import HttpSource
-    from mirror.http.app import build_services
     from mirror.observe.metrics import Metrics
+    from mirror.pull.stack import build_services
 
     if url:
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=600)
@@ -279,8 +279,8 @@ def cmd_import(args: argparse.Namespace, config: Config) -> int:
 
 async def _import(config: Config, source: Path, repo: str | None) -> Any:
     from mirror.airgap.bundle_import import import_layout
-    from mirror.http.app import build_services
     from mirror.observe.metrics import Metrics
+    from mirror.pull.stack import build_services
 
     parts = await build_services(config, Metrics())
     try:

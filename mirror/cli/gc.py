@@ -19,7 +19,7 @@ from mirror.observe.metrics import Metrics
 
 async def run_gc(config: Config, upload_wait: float = 300.0) -> dict[str, int]:
     """One pass; returns figures for the report. Never contacts an upstream."""
-    from mirror.http.app import build_services
+    from mirror.pull.stack import build_services
 
     parts = await build_services(dataclasses.replace(config, offline=True), Metrics())
     try:

@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Generic, TypeVar
 
 from mirror.store.base import READ_CHUNK
-from mirror.store.disk import TempBlob
+from mirror.store.temp import TempBlob
 
 K = TypeVar("K")
 V = TypeVar("V")

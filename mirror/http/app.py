@@ -6,10 +6,8 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from typing import Any
 
-import aiohttp
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
@@ -29,13 +27,8 @@ from mirror.observe.audit import AuditLog, audit_middleware
 from mirror.observe.metrics import Metrics
 from mirror.observe.pullstats import PullStats
 from mirror.oci.routing import Route, resolve_route
-from mirror.pull.service import PullService
-from mirror.store.db import Database
+from mirror.pull.stack import build_services
 from mirror.store.disk import DiskTier
-from mirror.store.index import TagIndex
-from mirror.store.links import RepoLinks
-from mirror.store.tiered import TieredStore, build_tiered
-from mirror.upstream.client import UpstreamClient
 
 log = logging.getLogger("mirror.http.app")
 EVICTION_INTERVAL = 5.0
@@ -99,7 +92,8 @@ def _security(app: web.Application, config: Config) -> None:
 async def _service_ctx(app: web.Application) -> AsyncIterator[None]:
     config, metrics = app[CONFIG], app[METRICS]
     worker = app.get(WORKER)
-    parts = await build_services(config, metrics, worker)
+    parts = await build_services(config, metrics, shared_dir=worker is not None,
+                                 evicting=worker is None or worker.primary)
     tier, clients, service = parts.tier, parts.clients, parts.service
     app[SERVICE] = service
     started = time.time()
@@ -132,65 +126,6 @@ async def _service_ctx(app: web.Application) -> AsyncIterator[None]:
             task.cancel()
         await asyncio.gather(*background, return_exceptions=True)
         await parts.close()
-
-
-@dataclass
-class Services:
-    """The cache and pull service built from a Config: shared by the server and the
-    command-line tools (seed, import), so both run on exactly the same wiring."""
-
-    db: Database
-    tier: DiskTier
-    tags: TagIndex
-    clients: dict[str, UpstreamClient]
-    service: PullService
-    sessions: list[aiohttp.ClientSession]
-    tiers: TieredStore | None = None  # cold tier (cache.object_store), with write-behind
-
-    async def close(self) -> None:
-        await self.service.close()
-        if self.tiers is not None:
-            await self.tiers.close()  # pending uploads stay in the database for next time
-        for s in self.sessions:
-            await s.close()
-        await self.db.close()
-
-
-async def build_services(config: Config, metrics: Metrics,
-                         worker: WorkerRole | None = None) -> Services:
-    """Open the cache (sweeping unfinished downloads) and one client per upstream; the caller
-    must `await close()`. No upstream client at all when the config is offline. A `worker`
-    shares the cache with the other workers: no sweep, cross-process downloads."""
-    db = Database(config.cache.dir / "index.db")
-    tier = DiskTier(config.cache.dir, db, config.cache.max_size, metrics,
-                    config.cache.high_watermark, config.cache.low_watermark)
-    tier.evicting = worker is None or worker.primary
-    loop = asyncio.get_running_loop()
-    await loop.run_in_executor(None, tier.open_sync, worker is None)
-    await db.start()
-    sessions: list[aiohttp.ClientSession] = []
-    clients: dict[str, UpstreamClient] = {}
-    if not config.offline:
-        for up in config.upstreams.values():
-            session = aiohttp.ClientSession(
-                timeout=aiohttp.ClientTimeout(total=None, connect=up.connect_timeout,
-                                              sock_read=up.read_timeout),
-                connector=aiohttp.TCPConnector(limit=64, ttl_dns_cache=300),
-                headers={"User-Agent": USER_AGENT},
-                auto_decompress=False,  # bytes are content-addressed: never let aiohttp alter them
-            )
-            sessions.append(session)
-            clients[up.name] = UpstreamClient(up, session, metrics)
-    tags = TagIndex(db)
-    tiers = build_tiered(config, tier, db, metrics) if config.cache.object_store else None
-    shared = SharedDownloads(tier, db) if worker is not None else None
-    # Access rules make repositories differ in who may pull them: then a cached digest is only
-    # served for repositories it is linked to (mirror/links.py).
-    links = RepoLinks(db) if config.auth is not None else None
-    service = PullService(config, tier, tags, clients, metrics, tiers, shared, links)
-    if tiers is not None:
-        await tiers.start()  # resumes pending uploads
-    return Services(db, tier, tags, clients, service, sessions, tiers)
 
 
 async def _evict_loop(tier: DiskTier, shared: SharedDownloads | None) -> None:

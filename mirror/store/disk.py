@@ -12,7 +12,6 @@ import errno
 import logging
 import os
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,10 +22,10 @@ from mirror.oci.errors import VerificationError
 from mirror.oci.models import Digest
 from mirror.store.base import READ_CHUNK
 from mirror.store.db import Database
+from mirror.store.temp import TempBlob
 
 log = logging.getLogger("mirror.store.disk")
 ACCESS_RESOLUTION = 60.0  # last-access times closer than this are not rewritten
-IOV_BATCH = 512  # buffers per pwritev call (the kernel's IOV_MAX is 1024)
 
 
 @dataclass(slots=True)
@@ -37,73 +36,12 @@ class Entry:
     last_access: float
 
 
-class TempBlob:
-    """A download in progress: written and hashed in a worker thread, read by tailing readers."""
-
-    def __init__(self, tier: DiskTier, digest: Digest, expected_size: int | None) -> None:
-        self.tier = tier
-        self.digest = digest
-        self.expected_size = expected_size
-        self.path = tier.tmp_dir / f"{digest.hex[:16]}.{uuid.uuid4().hex}"
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
-        self._hasher = digest.hasher()
-        self.written = 0
-        self.closed = False
-
-    def write_sync(self, data: bytes) -> None:
-        # pwrite at our own offset: readers share this file and must never move our position.
-        view = memoryview(data)
-        pos = self.written
-        while view:
-            n = os.pwrite(self.fd, view, pos)
-            view = view[n:]
-            pos += n
-        self._hasher.update(data)  # hashlib releases the GIL on large buffers
-        self.written += len(data)
-
-    def write_many_sync(self, chunks: list[bytes]) -> int:
-        """Append chunks as they came off the socket: one pwritev, no joining copy. Returns
-        the bytes written."""
-        total = sum(len(c) for c in chunks)
-        pos, end = self.written, self.written + total
-        views = [memoryview(c) for c in chunks if c]
-        while views:
-            n = os.pwritev(self.fd, views[:IOV_BATCH], pos)
-            pos += n
-            while views and n >= len(views[0]):
-                n -= len(views[0])
-                views.pop(0)
-            if n:
-                views[0] = views[0][n:]
-        assert pos == end
-        for c in chunks:
-            self._hasher.update(c)
-        self.written = end
-        return total
-
-    def matches(self) -> bool:
-        if self.expected_size is not None and self.written != self.expected_size:
-            return False
-        return bool(self._hasher.hexdigest() == self.digest.hex)
-
-    def close_sync(self) -> None:
-        if not self.closed:
-            self.closed = True
-            os.close(self.fd)
-
-    def abort_sync(self) -> None:
-        self.close_sync()
-        try:
-            os.unlink(self.path)
-        except FileNotFoundError:
-            pass
-
-
 class DiskTier:
     name = "hot"
 
     def __init__(self, root: Path, db: Database, max_size: int, metrics: Metrics,
-                 high_watermark: float = 0.95, low_watermark: float = 0.85) -> None:
+                 high_watermark: float = 0.95, low_watermark: float = 0.85,
+                 evicting: bool = True) -> None:
         self.root = root
         self.blob_dir = root / "blobs"
         self.tmp_dir = root / "tmp"
@@ -125,8 +63,8 @@ class DiskTier:
         # (digest, is_manifest). The tiered cache queues the copy to the cold tier here.
         self.commit_hooks: list[Callable[[Digest, bool], None]] = []
         # False in all but one of several worker processes sharing this directory: one process
-        # keeps the budget, from the index all of them write (mirror/sharedfetch.py).
-        self.evicting = True
+        # keeps the budget, from the index all of them write (mirror/fetch/shared.py).
+        self.evicting = evicting
         metrics.cache_budget.labels(self.name).set(max_size)
 
     # -- start-up ---------------------------------------------------------------------------
@@ -215,7 +153,7 @@ class DiskTier:
     # -- writes -------------------------------------------------------------------------------
 
     def new_temp(self, digest: Digest, expected_size: int | None) -> TempBlob:
-        return TempBlob(self, digest, expected_size)
+        return TempBlob(self.tmp_dir, digest, expected_size)
 
     def _commit_sync(self, temp: TempBlob) -> None:
         # Does not close temp.fd: readers dup() it on the loop thread at any moment, so the

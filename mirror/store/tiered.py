@@ -27,8 +27,9 @@ from mirror.observe.metrics import Metrics
 from mirror.oci.errors import VerificationError
 from mirror.oci.models import Digest
 from mirror.store.db import Database
-from mirror.store.disk import DiskTier, TempBlob
+from mirror.store.disk import DiskTier
 from mirror.store.objectstore import ColdManifest, ColdTier, build_store
+from mirror.store.temp import TempBlob
 from mirror.store.uploads import TagSource, Uploader
 
 log = logging.getLogger("mirror.store.tiered")

@@ -40,7 +40,7 @@ from mirror.oci.errors import (
 )
 from mirror.oci.models import Digest
 from mirror.store.base import READ_CHUNK
-from mirror.store.disk import TempBlob
+from mirror.store.temp import TempBlob
 
 if TYPE_CHECKING:
     from mirror.store.disk import DiskTier
