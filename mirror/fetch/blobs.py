@@ -43,20 +43,39 @@ Source = Literal["hot", "cold", "upstream"]
 
 
 @dataclass(slots=True)
+class CommittedFile:
+    """A verified file in the hot tier, pinned until released. With server.workers > 1 it is
+    opened at once (another worker may evict the path); the response takes `file`."""
+
+    path: Path
+    file: IO[bytes] | None = None
+
+
+@dataclass(slots=True)
+class Download:
+    """A download in progress: `fd` is this client's own descriptor on its growing temp file
+    (the response takes it; None once taken or closed)."""
+
+    fetch: BlobFetch
+    fd: int | None
+
+
+@dataclass(slots=True)
+class Uncached:
+    """A verified stream straight from the upstream, for when the hot tier cannot take it."""
+
+    stream: AsyncIterator[bytes]
+
+
+@dataclass(slots=True)
 class BlobHandle:
-    """What a handler needs to answer a blob request. Exactly one of path/fetch is set."""
+    """What a handler needs to answer a blob request; `body` says how the bytes are served."""
 
     digest: Digest
     size: int | None
     source: Source
     result: Literal["hit", "miss", "coalesced"]
-    path: Path | None = None
-    fetch: BlobFetch | None = None
-    fd: int | None = None  # reader descriptor on the fetch's temp file
-    body: AsyncIterator[bytes] | None = None  # uncached, verified stream (disk full)
-    # The hot-tier file, already open (server.workers > 1: another worker may evict it, so it
-    # is opened while we still know it exists); the response takes it, release() closes it.
-    file: IO[bytes] | None = None
+    body: CommittedFile | Download | Uncached
 
 
 class BlobFetcher:
@@ -117,13 +136,13 @@ class BlobFetcher:
             return None
         path = self.tier.path(digest)
         if self.shared is None:
-            return BlobHandle(digest, entry.size, "hot", "hit", path=path)
+            return BlobHandle(digest, entry.size, "hot", "hit", CommittedFile(path))
         try:
             fobj = open(path, "rb")  # noqa: SIM115 - handed to the response or closed by release()
         except FileNotFoundError:  # evicted by the worker that keeps the budget
             self.tier.forget(digest)
             return None
-        return BlobHandle(digest, entry.size, "hot", "hit", path=path, file=fobj)
+        return BlobHandle(digest, entry.size, "hot", "hit", CommittedFile(path, fobj))
 
     def _committed_elsewhere(self, digest: Digest) -> BlobHandle | None:
         """server.workers > 1: a blob another worker committed is a hit here too."""
@@ -153,7 +172,7 @@ class BlobFetcher:
             if client is not None and time.monotonic() < self.disk_full_until:
                 size, body = await open_passthrough(client, repo, digest)
                 self.tier.pin(digest)
-                return BlobHandle(digest, size, "upstream", "miss", body=body)
+                return BlobHandle(digest, size, "upstream", "miss", Uncached(body))
             fetch = self._start(None if self.offline else client, repo, digest, expected_size)
             result = "miss"
         else:
@@ -184,7 +203,7 @@ class BlobFetcher:
             except BaseException:
                 self.tier.unpin(digest)
                 raise
-            return BlobHandle(digest, size, "upstream", "miss", body=body)
+            return BlobHandle(digest, size, "upstream", "miss", Uncached(body))
         except BaseException:
             drop_reader()
             self.tier.unpin(digest)
@@ -196,21 +215,25 @@ class BlobFetcher:
                 if hit is None:
                     self.tier.unpin(digest)
                     raise UpstreamUnavailable(f"blob {digest} vanished right after its download")
-                return BlobHandle(digest, hit.size, "upstream", result, path=hit.path,
-                                  file=hit.file)
+                return BlobHandle(digest, hit.size, "upstream", result, hit.body)
             fd = fetch.open_reader()
         return BlobHandle(digest, fetch.size, self._sources.get(fetch, "upstream"), result,
-                          fetch=fetch, fd=fd)
+                          Download(fetch, fd))
 
     def release(self, handle: BlobHandle) -> None:
         self.tier.unpin(handle.digest)
-        if handle.file is not None:
-            handle.file.close()
-            handle.file = None
-        fetch = handle.fetch
-        if (fetch is not None and not self.finish_abandoned and fetch.readers == 0
-                and not fetch.done and fetch.task is not None):
-            fetch.task.cancel()
+        body = handle.body
+        if isinstance(body, CommittedFile) and body.file is not None:
+            body.file.close()
+            body.file = None
+        if isinstance(body, Download):
+            fetch = body.fetch
+            if body.fd is not None:
+                fetch.close_reader(body.fd)
+                body.fd = None
+            if (not self.finish_abandoned and fetch.readers == 0 and not fetch.done
+                    and fetch.task is not None):
+                fetch.task.cancel()
 
     def prefetch(self, client: UpstreamClient, repo: str, digest: Digest, size: int | None) -> bool:
         """Queue a blob nobody asked for yet. False if cached or already in flight."""
@@ -253,11 +276,6 @@ class BlobFetcher:
         fetch = self._fetches.get(str(digest))
         if fetch is not None and fetch.task is not None:
             await asyncio.wait([fetch.task])
-
-    def _spawn_eviction(self) -> None:
-        task = asyncio.ensure_future(self.tier.evict())
-        self._evictions.add(task)
-        task.add_done_callback(self._evictions.discard)
 
     def _start(self, client: UpstreamClient | None, repo: str, digest: Digest,
                expected_size: int | None) -> BlobFetch:
@@ -302,7 +320,7 @@ class BlobFetcher:
                     self.disk_full_until = time.monotonic() + DISK_FULL_BACKOFF
                     log.warning("hot tier %s is full: serving misses uncached for %.0fs",
                                 self.tier.root, DISK_FULL_BACKOFF)
-                    self._spawn_eviction()
+                    self.tier.request_eviction(force=True)
             fetch.fail(e if isinstance(e, Exception) else UpstreamUnavailable("fetch cancelled"))
             if not isinstance(e, MirrorError | asyncio.CancelledError):
                 log.exception("fetch of %s from %s failed", digest, up)
