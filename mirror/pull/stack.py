@@ -61,6 +61,8 @@ async def build_services(config: Config, metrics: Metrics, *, shared_dir: bool =
     db = Database(config.cache.dir / "index.db")
     tier = DiskTier(config.cache.dir, db, config.cache.max_size, metrics,
                     config.cache.high_watermark, config.cache.low_watermark, evicting=evicting)
+    # Before open_sync reads the directory: it learns what other workers do from then on.
+    shared = SharedDownloads(tier, db) if shared_dir else None
     loop = asyncio.get_running_loop()
     await loop.run_in_executor(None, tier.open_sync, not shared_dir)
     await db.start()
@@ -79,7 +81,6 @@ async def build_services(config: Config, metrics: Metrics, *, shared_dir: bool =
             clients[up.name] = UpstreamClient(up, session, metrics)
     tags = TagIndex(db)
     tiers = build_tiered(config, tier, db, metrics) if config.cache.object_store else None
-    shared = SharedDownloads(tier, db) if shared_dir else None
     # Access rules make repositories differ in who may pull them: then a cached digest is only
     # served for repositories it is linked to (mirror/store/links.py).
     links = RepoLinks(db) if config.auth is not None else None

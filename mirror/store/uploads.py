@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -217,12 +218,26 @@ class Uploader:
         if job.kind == "manifest":
             return await self._upload_manifest(digest)
         entry = self.hot.entry(digest)
-        if entry is None:
+        if entry is None or self._hot_file_gone(digest):
             return None
         if await self.cold.stat(digest) == entry.size:
             return 0  # another node copied it already
-        await self.cold.put_file(digest, self.hot.path(digest))
+        try:
+            await self.cold.put_file(digest, self.hot.path(digest))
+        except Exception:
+            if self._hot_file_gone(digest):
+                return None  # evicted while we were copying: nothing left to copy
+            raise
         return entry.size
+
+    def _hot_file_gone(self, digest: Digest) -> bool:
+        """The hot copy is known but its file is gone: another worker sharing cache.dir
+        evicted it (this one learns that only at its next catch-up). Retrying would fail
+        forever, so the job is done; the accounting forgets the file now."""
+        if os.path.exists(self.hot.path(digest)):
+            return False
+        self.hot.forget(digest)
+        return True
 
     async def _upload_manifest(self, digest: Digest) -> int | None:
         entry = self.hot.entry(digest)
