@@ -239,6 +239,29 @@ async def test_failed_uploads_are_retried(tmp_path: Path, hot_db: tuple[DiskTier
     await tiers.close()
 
 
+async def test_an_upload_whose_hot_file_another_worker_evicted_is_dropped(
+        tmp_path: Path, hot_db: tuple[DiskTier, Database],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """With server.workers, the worker keeping the budget deletes a file whose upload another
+    worker queued: that upload has nothing left to copy ("gone"), it is not an error retried
+    forever, and the tier's accounting forgets the file."""
+    hot, db = hot_db
+    cold = ColdTier(build_store(ObjectStoreConfig(url=f"file://{tmp_path / 'cold'}")))
+    metrics = Metrics()
+    tiers = TieredStore(hot, cold, db, metrics)
+    monkeypatch.setattr("mirror.store.uploads.RETRY_MIN", 0.05)
+    d, path, _ = blob(tmp_path, 1000, "evicted-elsewhere")
+    await hot.put_file(d, path)  # queued; copied once the uploader starts
+    hot.path(d).unlink()  # what the other worker's eviction does, behind this one's back
+    await tiers.start()
+    assert await tiers.uploads.drain(5), "the upload is retried instead of dropped"
+    assert metrics.cold_uploads.labels("blob", "error")._value.get() == 0
+    assert metrics.cold_uploads.labels("blob", "gone")._value.get() == 1
+    assert hot.entry(d) is None and hot.used == 0
+    assert await cold.stat(d) is None
+    await tiers.close()
+
+
 async def test_disk_tier_rebuilds_accounting_from_disk(tmp_path: Path) -> None:
     """After a crash or a lost index, start-up counts what is really on disk: files removed
     behind its back are forgotten, files it never recorded are adopted, temp files swept."""
