@@ -42,9 +42,17 @@ def two_workers(cfg: dict[str, Any], workdir: Path,
         assert proc.proc is not None
         sup = proc.proc.pid
         wait_for("two workers", lambda: len(children(sup)) == 2)
-        wait_for("both workers listening", lambda: all(
-            fetch(f"{proc.url}/healthz").status == 200 for _ in range(6)))
+        workers_started(proc, 2)
         yield proc
+
+
+def workers_started(proc: MirrorProcess, total: int) -> None:
+    """Until `total` workers (in all, restarts included) have started their services: each
+    logs its cache's figures then (the log is appended to across restarts)."""
+    wait_for(f"{total} worker starts", lambda: proc.log_text().count("mirror.http.app: cache at")
+             >= total)
+    wait_for("workers listening", lambda: all(
+        fetch(f"{proc.url}/healthz").status == 200 for _ in range(6)))
 
 
 def token_config(tmp_path: Path, name: str, workers: int = 2, **token: Any) -> dict[str, Any]:
@@ -80,13 +88,12 @@ def test_a_token_from_one_worker_is_valid_on_every_worker(tmp_path: Path) -> Non
         os.kill(victim, signal.SIGKILL)
         sup = proc.proc.pid
         wait_for("a new worker", lambda: len(children(sup)) == 2 and victim not in children(sup))
-        wait_for("both workers listening", lambda: all(
-            fetch(f"{proc.url}/healthz").status == 200 for _ in range(6)))
+        workers_started(proc, 3)
         assert bearer_statuses(proc.url, token) == [200] * CONNECTIONS
 
         # A restart makes a new key: tokens from before are refused (clients ask again).
         proc.restart()
-        wait_for("two workers", lambda: proc.proc is not None and len(children(proc.proc.pid)) == 2)
+        workers_started(proc, 5)
         statuses = bearer_statuses(proc.url, token, 6)
         assert statuses == [401] * 6, statuses
 
@@ -104,7 +111,7 @@ def test_with_a_key_file_tokens_work_across_processes_and_restarts(tmp_path: Pat
         assert bearer_statuses(b.url, token) == [200] * CONNECTIONS
         assert bearer_statuses(a.url, get_token(b.url)) == [200] * CONNECTIONS
         b.restart()
-        wait_for("two workers", lambda: b.proc is not None and len(children(b.proc.pid)) == 2)
+        workers_started(b, 4)
         assert bearer_statuses(b.url, token) == [200] * CONNECTIONS
         pages = [fetch(f"{m.url}{p}").body for m in (a, b) for p in ("/metrics", "/status.json")]
         logs = a.log_text() + b.log_text()
@@ -186,5 +193,7 @@ def test_an_eviction_by_the_primary_reaches_every_worker_and_its_uploader(
             assert reply.status == 200 and digest == b.digest
         assert metric(proc.url, "mirror_cold_uploads_total", result="error") == errors
         log = proc.log_text()
+    # Neither worker started again (that would rebuild its accounting from the directory).
+    assert "exited" not in log, log
     assert "No such file or directory" not in log, log  # no copy of a file that is gone
     shutil.rmtree(cold, ignore_errors=True)
