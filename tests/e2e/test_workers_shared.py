@@ -69,7 +69,7 @@ def get_token(url: str) -> str:
     return str(json.loads(reply.body)["token"])
 
 
-def bearer_statuses(url: str, token: str, n: int = CONNECTIONS) -> list[int]:
+def bearer_statuses(url: str, token: str, n: int = CONNECTIONS) -> list[int | None]:
     """The answers to the ping with the token, each on a fresh connection."""
     return [fetch(f"{url}/v2/", headers={"Authorization": f"Bearer {token}"}).status
             for _ in range(n)]
