@@ -12,7 +12,10 @@ others:
 - tag records and manifests other workers stored are found in the index and on disk
   (mirror/service.py);
 - worker 0 keeps the hot tier's budget (it catches up with every worker's index rows before it
-  evicts) and runs the warm rules; the others only serve;
+  evicts) and runs the warm rules; the others only serve, and learn what it evicted from the
+  index's eviction log (mirror/store/evictlog.py);
+- Bearer tokens (auth.token) are signed with one key: the configured one, else one the
+  supervisor makes at start and hands to each worker through a pipe of its own;
 - /metrics on any worker merges the values of all of them.
 
 A worker that dies is started again (after a pause if it keeps dying). SIGTERM/SIGINT stop all
