@@ -262,6 +262,34 @@ async def test_an_upload_whose_hot_file_another_worker_evicted_is_dropped(
     await tiers.close()
 
 
+async def test_the_evictor_first_copies_what_another_worker_has_not_copied(
+        tmp_path: Path) -> None:
+    """With server.workers, the worker keeping the budget evicts a file another worker
+    committed and has not copied to the cold tier yet: the evictor copies it first (from the
+    shared pending_uploads), so evicted content can still come back from the cold tier."""
+    root = tmp_path / "hot"
+    dbs = [Database(root / "index.db") for _ in range(2)]
+    primary = DiskTier(root, dbs[0], 1 << 40, Metrics())
+    other = DiskTier(root, dbs[1], 1 << 40, Metrics(), evicting=False)
+    for t, db in zip((primary, other), dbs, strict=True):
+        t.open_sync(sweep=False)
+        await db.start()
+    cold = ColdTier(build_store(ObjectStoreConfig(url=f"file://{tmp_path / 'cold'}")))
+    evictor = TieredStore(primary, cold, dbs[0], Metrics())
+    TieredStore(other, cold, dbs[1], Metrics())  # never started: its copy stays pending
+    await evictor.start()
+    d, path, data = blob(tmp_path, 5000, "pending-elsewhere")
+    await other.put_file(d, path)
+    await dbs[1].flush()
+    primary.learn(d, len(data))  # what its catch-up with the index does
+    assert await primary.evict(0) == (1, len(data))
+    assert not primary.path(d).exists()
+    assert await cold.stat(d) == len(data)
+    await evictor.close()
+    for db in dbs:
+        await db.close()
+
+
 async def test_disk_tier_rebuilds_accounting_from_disk(tmp_path: Path) -> None:
     """After a crash or a lost index, start-up counts what is really on disk: files removed
     behind its back are forgotten, files it never recorded are adopted, temp files swept."""

@@ -154,7 +154,7 @@ class Uploader:
     async def ensure(self, key: str, wait: float) -> bool:
         """Finish the pending upload of `key` now (the evictor needs the hot copy gone).
         True when nothing is pending any more."""
-        job = self._jobs.get(key)
+        job = self._jobs.get(key) or self._adopt(key)
         if job is None:
             return True
         if job.retry is not None:
@@ -164,6 +164,18 @@ class Uploader:
             return await asyncio.wait_for(asyncio.shield(self._run(job)), wait)
         except TimeoutError:
             return False
+
+    def _adopt(self, key: str) -> Job | None:
+        """A copy another process sharing the index queued (server.workers: the worker that
+        committed the file) and has not finished: taken over here, so the evictor does not
+        delete a file whose only copy it is. The other worker's own run then finds the cold
+        copy present, or the hot file gone."""
+        row = self.db.query_one("SELECT kind FROM pending_uploads WHERE digest=?", (key,))
+        if row is None:
+            return None
+        job = self._jobs[key] = Job(key, str(row[0]))
+        self._update_idle()
+        return job
 
     async def drain(self, wait: float) -> bool:
         """Wait until nothing is pending (command line, tests). False on timeout."""
