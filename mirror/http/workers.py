@@ -73,8 +73,8 @@ class WorkerRole:
 
 WORKER = web.AppKey("worker", WorkerRole)
 # In a worker's environment: "<index>,<fd of the supervisor pipe>[,<fd to read the token key
-# from>]" (read by mirror/cli/main.py). The key goes through a pipe of its own, never through
-# the environment, the command line or a file: nothing else can read it there.
+# from>]" (read by mirror/cli/main.py). The key goes through a pipe of its own: not the
+# environment or the command line (other tools show those), nor a file (it outlives the run).
 WORKER_ENV = "MIRROR_WORKER"
 
 
@@ -161,7 +161,7 @@ class Supervisor:
         self.config = config
         # One token key per start (never logged): a restart invalidates tokens, as with one
         # process; a worker started again gets the same key, so its tokens stay valid.
-        self._token_key = secrets.token_hex(32) if needs_token_key(config) else None
+        self._token_key = Secret(secrets.token_hex(32)) if needs_token_key(config) else None
         self.count = config.server.workers
         self._command = command
         self._slots = [_Slot(i) for i in range(self.count)]
@@ -233,7 +233,7 @@ class Supervisor:
         if self._token_key is not None:
             # 64 bytes fit in the pipe's buffer: written and closed before the worker starts.
             key_fd, key_w = os.pipe()
-            os.write(key_w, self._token_key.encode())
+            os.write(key_w, self._token_key.reveal().encode())
             os.close(key_w)
         argv, extra = self._command(slot.index, self._pipe_r, key_fd)
         # PROMETHEUS_MULTIPROC_DIR is read when prometheus_client is imported: it must be in
