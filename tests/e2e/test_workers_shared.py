@@ -82,7 +82,7 @@ def test_a_token_from_one_worker_is_valid_on_every_worker(tmp_path: Path) -> Non
         assert proc.proc is not None
         token = get_token(proc.url)
         assert bearer_statuses(proc.url, token) == [200] * CONNECTIONS
-        assert bearer_statuses(proc.url, "x" + token)[:4] == [401] * 4  # a forged one is not
+        assert bearer_statuses(proc.url, "x" + token, 4) == [401] * 4  # a forged one is not
 
         victim = children(proc.proc.pid)[0]
         os.kill(victim, signal.SIGKILL)
