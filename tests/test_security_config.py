@@ -140,17 +140,63 @@ def test_check_config_masks_every_secret(tmp_path: Path, capsys: pytest.CaptureF
                       "ghcr.io": {"url": "https://ghcr.io", "username": "robot",
                                   "password_file": str(tmp_path / "ghcr-token")}},
         "tls": {"cert": str(srv.cert), "key": str(srv.key)},
-        "auth": {"htpasswd": str(ht), "token": {}},
+        "auth": {"htpasswd": str(ht), "token": {"key_file": str(tmp_path / "token.key")}},
         "limits": {"rate_limit": {"rate": 5}},
     }
+    (tmp_path / "token.key").write_text(TOKEN_KEY)
     path = tmp_path / "mirror.yaml"
     path.write_text(yaml.safe_dump(cfg))
     assert main(["check-config", "-c", str(path)]) == 0
     out = capsys.readouterr()
     text = out.out + out.err
     assert "password ****" in text and "tls: cert" in text and "auth: htpasswd" in text
-    assert "rate 5.0/s burst 50" in text
+    assert "rate 5.0/s burst 50" in text and "token on (key from file" in text
     hashes = [line.split(":", 1)[1] for line in ht.read_text().splitlines()]
     key_pem = srv.key.read_text()
-    for secret in (upstream_secret, client_secret, *hashes, key_pem.splitlines()[1]):
+    for secret in (upstream_secret, client_secret, *hashes, key_pem.splitlines()[1],
+                   TOKEN_KEY):
         assert secret not in text
+
+
+TOKEN_KEY = "0123456789abcdef" * 4  # 64 characters, as `openssl rand -hex 32` writes
+
+
+def test_token_key_from_a_file_or_the_environment(tmp_path: Path) -> None:
+    (tmp_path / "token.key").write_text(TOKEN_KEY + "\n")
+    cfg = parse_config({"upstreams": UP, "auth": {"token": {"key_file": "token.key"}}},
+                       env={}, base=tmp_path)
+    token = cfg.auth.token if cfg.auth is not None else None
+    assert token is not None and token.key is not None and token.key.reveal() == TOKEN_KEY
+    assert TOKEN_KEY not in repr(cfg) and token.key_source == f"file {tmp_path / 'token.key'}"
+    cfg = parse_config({"upstreams": UP, "auth": {"token": {"key_env": "MIRROR_TOKEN_KEY"}}},
+                       env={"MIRROR_TOKEN_KEY": TOKEN_KEY}, base=tmp_path)
+    token = cfg.auth.token if cfg.auth is not None else None
+    assert token is not None and token.key is not None and token.key.reveal() == TOKEN_KEY
+    cfg = parse_config({"upstreams": UP, "auth": {"token": {}}}, env={}, base=tmp_path)
+    assert cfg.auth is not None and cfg.auth.token is not None and cfg.auth.token.key is None
+
+
+@pytest.mark.parametrize(("token", "files", "env", "expected"), [
+    ({"key_file": "missing.key"}, {}, {}, "auth.token.key_file: cannot read"),
+    ({"key_file": "short.key"}, {"short.key": "abc123\n"}, {},
+     "auth.token.key_file: the key is too short: at least 32 characters"),
+    ({"key_file": "binary.key"}, {"binary.key": b"\xff\xfe" * 32}, {},
+     "auth.token.key_file: "),
+    ({"key_env": "NOPE"}, {}, {}, "auth.token.key_env: environment variable NOPE is not set"),
+    ({"key_env": "SHORT"}, {}, {"SHORT": "x" * 31},
+     "auth.token.key_env: the key is too short"),
+    ({"key_file": "ok.key", "key_env": "OK"}, {"ok.key": TOKEN_KEY}, {"OK": TOKEN_KEY},
+     "auth.token: give key_file or key_env, not both"),
+    ({"key": TOKEN_KEY}, {}, {}, "auth.token.key: unknown key"),
+])
+def test_token_key_problems_name_their_key(tmp_path: Path, token: dict[str, Any],
+                                           files: dict[str, str | bytes], env: dict[str, str],
+                                           expected: str) -> None:
+    for name, content in files.items():
+        path = tmp_path / name
+        path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    with pytest.raises(ConfigError) as e:
+        parse_config({"upstreams": UP, "auth": {"token": token}}, env=env, base=tmp_path)
+    p = e.value.problems
+    assert len(p) == 1 and p[0].startswith(expected), p
+    assert "\n" not in p[0] and TOKEN_KEY not in p[0] and "abc123" not in p[0]

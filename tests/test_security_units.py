@@ -45,6 +45,17 @@ def test_tokens_expire_and_cannot_be_forged() -> None:
     assert not issuer.verify(token).valid
 
 
+def test_tokens_signed_with_one_key_verify_in_every_issuer_holding_it() -> None:
+    """Workers (and replicas with auth.token.key_file) build their own issuers from one key."""
+    clock = Clock()
+    key = b"k" * 32
+    token = TokenIssuer(60, clock, key=key).issue("alice")
+    ident = TokenIssuer(60, clock, key=key).verify(token)
+    assert ident.valid and ident.user == "alice"
+    assert not TokenIssuer(60, clock, key=b"x" * 32).verify(token).valid
+    assert not TokenIssuer(60, clock).verify(token).valid
+
+
 def test_token_bucket_refills_at_the_configured_rate() -> None:
     clock = Clock()
     limiter = RateLimiter(RateLimitConfig(rate=2.0, burst=3), CollectorRegistry(), clock)

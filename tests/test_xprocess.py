@@ -169,3 +169,45 @@ def test_server_workers_key() -> None:
     with pytest.raises(ConfigError) as e:
         parse_config({**base, "server": {"threads": 2}})
     assert e.value.problems == ["server.threads: unknown key"]
+
+
+async def test_a_worker_learns_what_another_one_evicted(tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two tiers on one directory and index, as two workers: what the evicting one deletes,
+    the other forgets at its next catch-up (the eviction log), unless the file came back."""
+    from mirror.fetch.shared import SharedDownloads
+
+    dbs = [Database(tmp_path / "index.db") for _ in range(2)]
+    primary, other = (DiskTier(tmp_path, db, 1 << 30, Metrics()) for db in dbs)
+    shared = SharedDownloads(other, dbs[1])  # before open_sync, as build_services does
+    for t in (primary, other):
+        t.open_sync(sweep=False)
+    blobs = [hashlib.shake_256(f"evict{i}".encode()).digest(1000 + i) for i in range(3)]
+    digests = [Digest.of(b) for b in blobs]
+    for d, b in zip(digests, blobs, strict=True):
+        await primary.put_bytes(d, b)
+    await dbs[0].flush()
+    shared.learn_from_index()
+    assert other.used == primary.used == 3003
+
+    await primary.delete(digests[0])  # evicted for good
+    await primary.delete(digests[1])
+    await primary.put_bytes(digests[1], blobs[1])  # evicted, then stored again
+    await dbs[0].flush()
+    shared.learn_from_index()
+    assert other.entry(digests[0]) is None and other.entry(digests[1]) is not None
+    assert other.used == primary.used == 2003
+
+    # Older rows are pruned as new ones are written (here: all rows older than this one).
+    monkeypatch.setattr("mirror.store.evictlog.KEEP", 0.0)
+    await primary.delete(digests[2])
+    await dbs[0].flush()
+    assert dbs[0].query("SELECT digest FROM evictions") == [(str(digests[2]),)]
+    shared.learn_from_index()
+    assert other.entry(digests[2]) is None
+    await primary.delete(digests[1])  # numbered after everything before, pruned or not
+    await dbs[0].flush()
+    shared.learn_from_index()
+    assert other.entry(digests[1]) is None and other.used == primary.used == 0
+    for db in dbs:
+        db.close_sync()

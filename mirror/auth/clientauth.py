@@ -33,7 +33,7 @@ from prometheus_client import CollectorRegistry, Counter
 
 from mirror.auth.access import AccessPolicy
 from mirror.auth.htpasswd import HtpasswdFile
-from mirror.config import AuthConfig
+from mirror.config import AuthConfig, Secret
 from mirror.observe.record import record_of
 from mirror.oci.apipath import API_VERSION_HEADER, parse_api_path
 from mirror.oci.errors import Denied, MirrorError, Unauthorized
@@ -59,12 +59,17 @@ INVALID = Identity(None, False)
 
 
 class TokenIssuer:
-    """Bearer tokens: `<payload>.<hmac>` with the user and expiry, signed with a key made at
-    start-up. A restart invalidates all tokens; clients just ask for a new one on the 401."""
+    """Bearer tokens: `<payload>.<hmac>` with the user and expiry, signed with `key`.
 
-    def __init__(self, ttl: float, clock: Callable[[], float] = time.time) -> None:
+    Every process that must accept a token needs the key it was signed with: the configured
+    one (auth.token.key_file / key_env: all replicas, across restarts), else the one the
+    supervisor made for its workers, else (one process) a key made here. Without a configured
+    key a restart invalidates all tokens; clients just ask for a new one on the 401."""
+
+    def __init__(self, ttl: float, clock: Callable[[], float] = time.time,
+                 key: bytes | None = None) -> None:
         self.ttl = ttl
-        self._key = secrets.token_bytes(32)
+        self._key = key if key is not None else secrets.token_bytes(32)
         self._clock = clock
 
     def _sign(self, payload: bytes) -> str:
@@ -101,12 +106,17 @@ def _basic_credentials(value: str) -> tuple[str, str] | None:
 
 class ClientAuth:
     def __init__(self, config: AuthConfig, registry: CollectorRegistry,
-                 route: Callable[[str, str | None], Route]) -> None:
+                 route: Callable[[str, str | None], Route], token_key: Secret | None = None) -> None:
+        """`token_key`: the supervisor's key for its workers, used when none is configured."""
         self.config = config
         self.route = route  # the app's routing: access rules apply to the upstream repository
         self.users = HtpasswdFile(config.htpasswd) if config.htpasswd is not None else None
         self.policy = AccessPolicy(config.rules, config.policy, config.default)
-        self.tokens = TokenIssuer(config.token.ttl) if config.token is not None else None
+        self.tokens: TokenIssuer | None = None
+        if config.token is not None:
+            key = config.token.key or token_key
+            self.tokens = TokenIssuer(config.token.ttl,
+                                      key=key.reveal().encode() if key is not None else None)
         self.results = Counter("mirror_client_auth", "Client authentication and access decisions",
                                ["result"], registry=registry)
 

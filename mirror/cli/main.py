@@ -84,12 +84,13 @@ def _supervise(args: argparse.Namespace, config: Config) -> int:
     """server.workers > 1: this process starts and watches the workers (mirror/workers.py)."""
     from mirror.http.workers import WORKER_ENV, Supervisor
 
-    def command(index: int, pipe_fd: int) -> tuple[list[str], dict[str, str]]:
+    def command(index: int, pipe_fd: int, key_fd: int | None) -> tuple[list[str], dict[str, str]]:
         argv = [sys.executable, "-m", "mirror", "serve"]
         if args.config:
             argv += ["-c", args.config]
+        fds = f"{pipe_fd}" if key_fd is None else f"{pipe_fd},{key_fd}"
         return ([*argv, "--listen", f"{config.listen_host}:{supervisor.port}"],
-                {WORKER_ENV: f"{index},{pipe_fd}"})
+                {WORKER_ENV: f"{index},{fds}"})
 
     def banner(where: str) -> None:
         scheme = "https" if config.tls is not None else "http"
@@ -104,17 +105,22 @@ def _supervise(args: argparse.Namespace, config: Config) -> int:
 
 def _worker_role() -> WorkerRole | None:
     """This process is a worker the supervisor started (its environment says so)."""
-    from mirror.http.workers import WORKER_ENV, WorkerRole
+    from mirror.http.workers import WORKER_ENV, WorkerRole, read_token_key
 
     role = os.environ.get(WORKER_ENV)
     metrics_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     if not role:
         return None
-    index, _, pipe = role.partition(",")
-    if not metrics_dir or not index.isdigit() or not pipe.isdigit():
+    fields = role.split(",")
+    if not metrics_dir or len(fields) not in (2, 3) or not all(f.isdigit() for f in fields):
         raise SystemExit(f"mirror: {WORKER_ENV} is set by `mirror serve` for its workers "
                          "(server.workers), not by hand")
-    return WorkerRole(int(index), Path(metrics_dir), int(pipe))
+    index, pipe, *key_fd = fields
+    try:
+        key = read_token_key(int(key_fd[0])) if key_fd else None
+    except OSError as e:
+        raise SystemExit(f"mirror: cannot read the token key from the supervisor: {e}") from None
+    return WorkerRole(int(index), Path(metrics_dir), int(pipe), key)
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
@@ -139,8 +145,11 @@ def _security_lines(config: Config) -> list[str]:
     if config.auth is not None:
         a = config.auth
         who = f"htpasswd {a.htpasswd} (hashes ****)" if a.htpasswd else "no htpasswd: anonymous only"
+        token = "off" if a.token is None else (
+            f"on (key from {a.token.key_source}, ****)" if a.token.key_source
+            else "on (key made at each start)")
         lines.append(f"auth: {who}, realm {a.realm!r}, {len(a.rules)} rules ({a.policy}, "
-                     f"default {a.default}), token {'on' if a.token else 'off'}, protect "
+                     f"default {a.default}), token {token}, protect "
                      f"metrics {a.protect_metrics}, status {a.protect_status}")
     lim = config.limits
     rate = f", rate {lim.rate_limit.rate}/s burst {lim.rate_limit.burst}" if lim.rate_limit else ""

@@ -118,6 +118,10 @@ class TokenConfig:
 
     ttl: float = 300.0
     realm: str | None = None  # absolute token URL; default: derived from the request's Host
+    # The signing key (key_file or key_env): the same on every replica and across restarts.
+    # None: one key per start, shared by a supervisor's workers (mirror/http/workers.py).
+    key: Secret | None = None
+    key_source: str | None = None  # where the key came from, for check-config (never the key)
 
 
 @dataclass(frozen=True)

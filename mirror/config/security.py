@@ -11,6 +11,7 @@ from mirror.config.model import (
     AuthConfig,
     LimitsConfig,
     RateLimitConfig,
+    Secret,
     TlsConfig,
     TokenConfig,
     UpstreamConfig,
@@ -87,6 +88,44 @@ def _rules(reader: _Reader, raw: Any, upstreams: Mapping[str, UpstreamConfig],
     return tuple(rules)
 
 
+MIN_TOKEN_KEY = 32  # characters: at least the 256 bits of the HMAC-SHA256 it keys, as hex/base64
+
+
+def _token_key(reader: _Reader, tok: dict[str, Any]) -> tuple[Secret | None, str | None]:
+    """auth.token.key_file / key_env: the key signing Bearer tokens, as text (whitespace
+    around it ignored). Problems name the key and never show its value."""
+    file_name = reader.get(tok, "key_file", "auth.token.key_file", str, None)
+    env_name = reader.get(tok, "key_env", "auth.token.key_env", str, None)
+    if file_name and env_name:
+        reader.problem("auth.token", "give key_file or key_env, not both")
+        return None, None
+    if file_name:
+        path, p = "auth.token.key_file", reader.path(file_name)
+        try:
+            value = p.read_bytes().decode().strip()
+        except OSError as e:
+            reader.problem(path, f"cannot read {p}: {e.strerror}")
+            return None, None
+        except UnicodeDecodeError:
+            reader.problem(path, f"{p} is not text; write the key as text "
+                                 "(e.g. openssl rand -hex 32)")
+            return None, None
+        source = f"file {p}"
+    elif env_name:
+        path = "auth.token.key_env"
+        if env_name not in reader.env:
+            reader.problem(path, f"environment variable {env_name} is not set")
+            return None, None
+        value, source = reader.env[env_name].strip(), f"environment variable {env_name}"
+    else:
+        return None, None
+    if len(value) < MIN_TOKEN_KEY:
+        reader.problem(path, f"the key is too short: at least {MIN_TOKEN_KEY} characters "
+                             "(e.g. openssl rand -hex 32)")
+        return None, None
+    return Secret(value), source
+
+
 def _auth(reader: _Reader, raw: Any, upstreams: Mapping[str, UpstreamConfig]) -> AuthConfig | None:
     if raw is None:
         return None
@@ -115,14 +154,15 @@ def _auth(reader: _Reader, raw: Any, upstreams: Mapping[str, UpstreamConfig]) ->
     rules = _rules(reader, sec.get("rules"), upstreams, users)
     token = None
     if sec.get("token") is not None:
-        tok = reader.section(sec["token"], "auth.token", {"ttl", "realm"})
+        tok = reader.section(sec["token"], "auth.token", {"ttl", "realm", "key_file", "key_env"})
         ttl = reader.convert(tok, "ttl", "auth.token.ttl", parse_duration, TokenConfig.ttl)
         if ttl < 1:
             reader.problem("auth.token.ttl", "must be at least 1s")
         token_realm = tok.get("realm")
         if token_realm is not None:
             token_realm = _url(reader, "auth.token.realm", token_realm, ("http", "https"))
-        token = TokenConfig(max(ttl, 1.0), token_realm)
+        key, source = _token_key(reader, tok)
+        token = TokenConfig(max(ttl, 1.0), token_realm, key, source)
     return AuthConfig(
         htpasswd=htpasswd,
         realm=realm,

@@ -21,6 +21,7 @@ from mirror.fetch.coalesce import BlobFetch
 from mirror.oci.models import Digest
 from mirror.store.db import Database
 from mirror.store.disk import DiskTier
+from mirror.store.evictlog import evictions_after, last_eviction
 from mirror.store.xprocess import DigestLock, PartFiles, SharedPart, read_meta, relayed_error
 
 log = logging.getLogger("mirror.fetch.shared")
@@ -36,7 +37,10 @@ class SharedDownloads:
         self.db = db
         self.poll = poll
         self.lock_poll = lock_poll
-        self._learned_until = time.time()  # open_sync read everything up to now
+        # Built before the tier's open_sync reads the directory: what changes from here on
+        # is learned from the index.
+        self._learned_until = time.time()
+        self._evictions_seen = last_eviction(db)
 
     def media_type(self, digest: Digest) -> str | None:
         """The media type the worker that stored `digest` recorded (the upstream's)."""
@@ -44,9 +48,12 @@ class SharedDownloads:
         return str(row[0]) if row is not None and row[0] else None
 
     def learn_from_index(self) -> int:
-        """Catch the tier's accounting up with what every worker committed or read since the
-        last call (the index rows they wrote): the worker that keeps the budget evicts by the
-        whole directory's usage and last-access times. Returns the rows learned."""
+        """Catch the tier's accounting up with what every worker committed, read or evicted
+        since the last call (the index rows they wrote, the eviction log): the worker that
+        keeps the budget evicts by the whole directory's usage and last-access times, and
+        every worker's answers and usage figures leave out what it evicted. Returns the rows
+        learned."""
+        forgotten = self.forget_evicted()
         since = self._learned_until - INDEX_SLACK  # writes reach the index in batches
         self._learned_until = time.time()
         # A commit sets last_access too, so one range on the last_access index finds both.
@@ -57,7 +64,18 @@ class SharedDownloads:
             if known is None or known.size != size or known.last_access < last_access:
                 self.tier.learn(Digest.parse(key), size, media_type, bool(is_manifest),
                                 max(last_access, known.last_access if known else 0.0))
-        return len(rows)
+        return len(rows) + forgotten
+
+    def forget_evicted(self) -> int:
+        """Drop what another process evicted since the last call from the accounting. An
+        eviction whose file is back (committed again since) is not one any more."""
+        self._evictions_seen, digests = evictions_after(self.db, self._evictions_seen)
+        forgotten = 0
+        for digest in digests:
+            if self.tier.entry(digest) is not None and not os.path.exists(self.tier.path(digest)):
+                self.tier.forget(digest)
+                forgotten += 1
+        return forgotten
 
     def new_temp(self, digest: Digest, expected_size: int | None) -> SharedPart:
         return SharedPart(self.tier, digest, expected_size)

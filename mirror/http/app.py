@@ -13,7 +13,7 @@ from aiohttp.typedefs import Middleware
 
 from mirror.airgap.warm import start_warming
 from mirror.auth.clientauth import CLIENT_AUTH, ClientAuth, client_auth_middleware
-from mirror.config import Config
+from mirror.config import Config, Secret
 from mirror.http.keys import CONFIG, METRICS, PULL_STATS, ROUTER, SERVICE, STATUS
 from mirror.http.limits import RateLimiter, rate_limit_middleware, server_handler_args
 from mirror.http.middlewares import errors_middleware
@@ -51,7 +51,7 @@ def create_app(config: Config, metrics: Metrics | None = None,
         return resolve_route(name, ns, aliases, config.default_upstream)
 
     app[ROUTER] = route
-    _security(app, config)
+    _security(app, config, worker.token_key if worker is not None else None)
     app[PULL_STATS] = stats
     app.cleanup_ctx.append(stats.ctx)
     if audit is not None:
@@ -77,10 +77,10 @@ def _guards(config: Config, metrics: Metrics) -> list[Middleware]:
     return guards
 
 
-def _security(app: web.Application, config: Config) -> None:
+def _security(app: web.Application, config: Config, token_key: Secret | None) -> None:
     app[RELOAD] = []  # run on SIGHUP by mirror/server.py
     if config.auth is not None:
-        app[CLIENT_AUTH] = ClientAuth(config.auth, app[METRICS].registry, app[ROUTER])
+        app[CLIENT_AUTH] = ClientAuth(config.auth, app[METRICS].registry, app[ROUTER], token_key)
         app[RELOAD].append(app[CLIENT_AUTH].reload)
     if config.tls is not None:
         app[SERVER_TLS] = ServerTLS(config.tls)

@@ -12,7 +12,10 @@ others:
 - tag records and manifests other workers stored are found in the index and on disk
   (mirror/service.py);
 - worker 0 keeps the hot tier's budget (it catches up with every worker's index rows before it
-  evicts) and runs the warm rules; the others only serve;
+  evicts) and runs the warm rules; the others only serve, and learn what it evicted from the
+  index's eviction log (mirror/store/evictlog.py);
+- Bearer tokens (auth.token) are signed with one key: the configured one, else one the
+  supervisor makes at start and hands to each worker through a pipe of its own;
 - /metrics on any worker merges the values of all of them.
 
 A worker that dies is started again (after a pause if it keeps dying). SIGTERM/SIGINT stop all
@@ -26,6 +29,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -40,7 +44,7 @@ from types import FrameType
 
 from aiohttp import web
 
-from mirror.config import Config
+from mirror.config import Config, Secret
 from mirror.store.db import Database
 
 log = logging.getLogger("mirror.http.workers")
@@ -57,6 +61,9 @@ class WorkerRole:
     index: int
     metrics_dir: Path  # PROMETHEUS_MULTIPROC_DIR
     supervisor_fd: int | None = None  # read end of a pipe: end of file when the supervisor died
+    # The key signing Bearer tokens when none is configured: one per supervisor start, so a
+    # token any worker issued is valid on all of them (and on a restarted worker).
+    token_key: Secret | None = None
 
     @property
     def primary(self) -> bool:
@@ -65,8 +72,29 @@ class WorkerRole:
 
 
 WORKER = web.AppKey("worker", WorkerRole)
-# In a worker's environment: "<index>,<fd of the supervisor pipe>" (read by mirror/cli.py).
+# In a worker's environment: "<index>,<fd of the supervisor pipe>[,<fd to read the token key
+# from>]" (read by mirror/cli/main.py). The key goes through a pipe of its own: not the
+# environment or the command line (other tools show those), nor a file (it outlives the run).
 WORKER_ENV = "MIRROR_WORKER"
+
+
+def needs_token_key(config: Config) -> bool:
+    """Token auth without a configured key: the supervisor makes one for its workers."""
+    return (config.auth is not None and config.auth.token is not None
+            and config.auth.token.key is None)
+
+
+def read_token_key(fd: int) -> Secret:
+    """The key the supervisor wrote into the pipe `fd` (then closed): read to the end."""
+    data = b""
+    try:
+        while chunk := os.read(fd, 4096):
+            data += chunk
+    finally:
+        os.close(fd)
+    if not data:
+        raise OSError("the supervisor sent no token key")
+    return Secret(data.decode())
 
 
 def supervisor_watch(role: WorkerRole) -> Callable[[web.Application], AsyncIterator[None]]:
@@ -124,12 +152,16 @@ class _Slot:
 
 
 class Supervisor:
-    """Starts, watches and stops the worker processes. `command(index, pipe_fd)` gives the argv
-    and extra environment of one worker (`mirror serve`, with WORKER_ENV set)."""
+    """Starts, watches and stops the worker processes. `command(index, pipe_fd, key_fd)` gives
+    the argv and extra environment of one worker (`mirror serve`, with WORKER_ENV set)."""
 
     def __init__(self, config: Config,
-                 command: Callable[[int, int], tuple[list[str], dict[str, str]]]) -> None:
+                 command: Callable[[int, int, int | None], tuple[list[str], dict[str, str]]]
+                 ) -> None:
         self.config = config
+        # One token key per start (never logged): a restart invalidates tokens, as with one
+        # process; a worker started again gets the same key, so its tokens stay valid.
+        self._token_key = Secret(secrets.token_hex(32)) if needs_token_key(config) else None
         self.count = config.server.workers
         self._command = command
         self._slots = [_Slot(i) for i in range(self.count)]
@@ -197,11 +229,22 @@ class Supervisor:
 
     def _spawn(self, slot: _Slot) -> None:
         assert self.metrics_dir is not None
-        argv, extra = self._command(slot.index, self._pipe_r)
+        key_fd = None
+        if self._token_key is not None:
+            # 64 bytes fit in the pipe's buffer: written and closed before the worker starts.
+            key_fd, key_w = os.pipe()
+            os.write(key_w, self._token_key.reveal().encode())
+            os.close(key_w)
+        argv, extra = self._command(slot.index, self._pipe_r, key_fd)
         # PROMETHEUS_MULTIPROC_DIR is read when prometheus_client is imported: it must be in
         # the environment the worker starts with.
         env = {**os.environ, **extra, "PROMETHEUS_MULTIPROC_DIR": str(self.metrics_dir)}
-        slot.proc = subprocess.Popen(argv, env=env, pass_fds=(self._pipe_r,))
+        try:
+            slot.proc = subprocess.Popen(argv, env=env, pass_fds=(
+                self._pipe_r, *((key_fd,) if key_fd is not None else ())))
+        finally:
+            if key_fd is not None:
+                os.close(key_fd)
         slot.started = time.monotonic()
         log.info("worker %d started (pid %d)", slot.index, slot.proc.pid)
 

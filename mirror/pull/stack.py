@@ -97,6 +97,8 @@ async def build_services(config: Config, metrics: Metrics, *, shared_dir: bool =
     tags = TagIndex(db)
     storage = build_storage(config, db, tags, metrics, evicting)
     tier, tiers = storage.tier, storage.tiers
+    # Before open_sync reads the directory: it learns what other workers do from then on.
+    shared = SharedDownloads(tier, db) if shared_dir else None
     loop = asyncio.get_running_loop()
     await loop.run_in_executor(None, tier.open_sync, not shared_dir)
     await db.start()
@@ -113,7 +115,6 @@ async def build_services(config: Config, metrics: Metrics, *, shared_dir: bool =
             )
             sessions.append(session)
             clients[up.name] = UpstreamClient(up, session, metrics)
-    shared = SharedDownloads(tier, db) if shared_dir else None
     # The evictor asks the upload queue which victims still wait for their cold copy; in a
     # worker, each round first learns what the other workers stored and read.
     uploads = tiers.uploads if tiers is not None else None

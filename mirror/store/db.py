@@ -35,6 +35,10 @@ CREATE TABLE IF NOT EXISTS links (
 CREATE TABLE IF NOT EXISTS pending_uploads (
     digest TEXT PRIMARY KEY, kind TEXT NOT NULL, queued_at REAL NOT NULL
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS evictions (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, digest TEXT NOT NULL, evicted_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS evictions_age ON evictions (evicted_at);
 """
 
 Statement = tuple[str, Sequence[Any]]

@@ -21,6 +21,7 @@ from mirror.observe.metrics import Metrics
 from mirror.oci.errors import VerificationError
 from mirror.oci.models import Digest
 from mirror.store.db import Database
+from mirror.store.evictlog import record_evictions
 from mirror.store.temp import TempBlob
 
 log = logging.getLogger("mirror.store.disk")
@@ -263,6 +264,7 @@ class DiskTier:
             return False
         self.used -= e.size
         self._db.write("DELETE FROM content WHERE digest=?", (key,))
+        record_evictions(self._db, [digest])  # the other workers forget it too
         self._publish()
         try:
             await asyncio.get_running_loop().run_in_executor(None, os.unlink, self.path(digest))

@@ -17,7 +17,6 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from mirror.observe.metrics import Metrics
-from mirror.oci.models import Digest
 from mirror.store.disk import DiskTier
 
 log = logging.getLogger("mirror.store.eviction")
@@ -27,19 +26,17 @@ GUARD_TIMEOUT = 60.0  # longest wait for the pending uploads of one round of vic
 # (digest, seconds) -> True when the digest has no pending cold-tier copy any more.
 Guard = Callable[[str, float], Awaitable[bool]]
 Pending = Callable[[str], bool]  # whether a cold-tier copy of the digest is still pending
-Evicted = Callable[[list[Digest]], None]
 
 
 class Evictor:
     def __init__(self, tier: DiskTier, metrics: Metrics, *, guard: Guard | None = None,
-                 pending: Pending | None = None, evicted: Evicted | None = None,
+                 pending: Pending | None = None,
                  guard_timeout: float = GUARD_TIMEOUT, interval: float = INTERVAL,
                  before_round: Callable[[], object] | None = None) -> None:
         self.tier = tier
         self.metrics = metrics
         self.guard = guard
         self.pending = pending
-        self.evicted = evicted  # told the digests removed (the other workers learn of them)
         self.guard_timeout = guard_timeout
         self.interval = interval
         self.before_round = before_round  # e.g. catch up with what other workers stored
@@ -100,7 +97,6 @@ class Evictor:
 
     async def _round(self, goal: int) -> tuple[int, int]:
         removed = freed = 0
-        gone: list[Digest] = []
         waiting: list[str] = []
         for key, _size, last_access in self.tier.lru():
             if self.tier.used <= goal:
@@ -113,15 +109,12 @@ class Evictor:
             if nbytes is not None:
                 removed += 1
                 freed += nbytes
-                gone.append(Digest.parse(key))
                 self._given_up.discard(key)
         if self.tier.used > goal and self.guard is not None:
             for key in waiting:
                 if key not in self._guards:
                     self._guards[key] = asyncio.create_task(self._guard(key),
                                                             name=f"evict-guard {key[:19]}")
-        if gone and self.evicted is not None:
-            self.evicted(gone)
         return removed, freed
 
     async def _guard(self, key: str) -> None:

@@ -171,13 +171,9 @@ class Uploader:
         """Finish the pending upload of `key` now (the evictor needs the hot copy gone), also
         one another worker queued: the file is on the shared disk. True when nothing is
         pending any more."""
-        job = self._jobs.get(key)
+        job = self._jobs.get(key) or self._adopt(key)
         if job is None:
-            rows = self.db.query("SELECT kind FROM pending_uploads WHERE digest=?", (key,))
-            if not rows:
-                return True
-            job = self._jobs[key] = Job(key, str(rows[0][0]))
-            self._update_idle()
+            return True
         if job.retry is not None:
             job.retry.cancel()
             job.retry = None
@@ -185,6 +181,18 @@ class Uploader:
             return await asyncio.wait_for(asyncio.shield(self._run(job)), wait)
         except TimeoutError:
             return False
+
+    def _adopt(self, key: str) -> Job | None:
+        """A copy another process sharing the index queued (server.workers: the worker that
+        committed the file) and has not finished: taken over here, so the evictor does not
+        delete a file whose only copy it is. The other worker's own run then finds the cold
+        copy present, or the hot file gone."""
+        row = self.db.query_one("SELECT kind FROM pending_uploads WHERE digest=?", (key,))
+        if row is None:
+            return None
+        job = self._jobs[key] = Job(key, str(row[0]))
+        self._update_idle()
+        return job
 
     async def drain(self, wait: float) -> bool:
         """Wait until nothing is pending (command line, tests). False on timeout."""
@@ -248,6 +256,7 @@ class Uploader:
         except FileNotFoundError:
             return None  # evicted while it was being copied
         return size
+
 
     async def _upload_manifest(self, digest: Digest) -> int | None:
         path = blob_path(self.blob_dir, digest)

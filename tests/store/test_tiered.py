@@ -199,3 +199,22 @@ async def test_a_cold_tier_that_does_not_answer_is_skipped(tmp_path: Path) -> No
     await o.tiers.close()
     await o.db.close()
     await runner.cleanup()
+
+
+async def test_an_upload_whose_hot_file_another_worker_evicted_is_dropped(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With server.workers, the worker keeping the budget deletes a file whose upload another
+    worker queued: that upload has nothing left to copy ("gone"), it is not an error retried
+    forever."""
+    monkeypatch.setattr("mirror.store.uploads.RETRY_MIN", 0.05)
+    o = await open_storage(config(tmp_path / "hot", {"url": f"file://{tmp_path / 'cold'}"}),
+                           start=False)
+    d, _, data = blob(tmp_path, 1000, "evicted-elsewhere")
+    await commit_bytes(o.storage.tier, d, data)  # queued; copied once the uploader starts
+    o.storage.tier.path(d).unlink()  # what the other worker's eviction does, behind its back
+    await o.tiers.start()
+    assert await o.tiers.uploads.drain(5), "the upload is retried instead of dropped"
+    assert o.metrics.cold_uploads.labels("blob", "error")._value.get() == 0
+    assert o.metrics.cold_uploads.labels("blob", "gone")._value.get() == 1
+    assert await o.tiers.cold.stat(d) is None
+    await o.close()
