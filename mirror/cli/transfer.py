@@ -183,10 +183,11 @@ def cmd_export(args: argparse.Namespace, config: Config) -> int:
         names = [p.name for p in result.outputs]
         where = (f"{len(names)} part{'s' if len(names) > 1 else ''} of at most "
                  f"{human_bytes(split)} ({names[0]}{' ... ' + names[-1] if len(names) > 1 else ''})")
+    left_out = (f"; {len(plan.left_out)} blobs left out as already present "
+                f"({human_bytes(plan.left_out_bytes)})" if args.have else "")
     print(f"export: {len(plan.images)} images, {len(plan.blobs)} blobs "
-          f"({human_bytes(plan.total_bytes)}) to {where}; {len(plan.left_out)} blobs left out as "
-          f"already present ({human_bytes(plan.left_out_bytes)}); {time.monotonic() - t0:.1f}s",
-          file=out)
+          f"({human_bytes(plan.total_bytes)}) to {where}{left_out}; "
+          f"{time.monotonic() - t0:.1f}s", file=out)
     return 0
 
 
