@@ -18,6 +18,8 @@ import hashlib
 import io
 import json
 import os
+import pty
+import re
 import resource
 import shutil
 import subprocess
@@ -406,3 +408,41 @@ def test_inventory_url_is_protected_like_the_status_page(tmp_path: Path) -> None
                           cwd=tmp_path, env={"MIRROR_PASSWORD": "pw"}))
         doc = json.loads(r.stdout)
         assert doc["format"] == "mirror-inventory" and doc["blobs"] == doc["manifests"] == []
+
+
+def on_terminal(*args: str, cwd: Path) -> tuple[int, str, str]:
+    """Run with stderr on a pseudo-terminal (where the progress bar is drawn); exit code, what
+    the terminal showed, stdout."""
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "mirror", *args], cwd=cwd,
+                            stdout=subprocess.PIPE, stderr=slave, text=True)
+    os.close(slave)
+    screen = b""
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        screen += chunk
+    assert proc.stdout is not None
+    out = proc.stdout.read()
+    os.close(master)
+    return proc.wait(60), screen.decode(errors="replace"), out
+
+
+def test_progress_on_a_terminal_and_a_summary(weekly: Weekly, tmp_path: Path) -> None:
+    bar = re.compile(r"\[[#.]+\] +[0-9]+% [0-9.]+ (B|KiB|MiB) / 65\.[0-9] MiB")
+    code, screen, out = on_terminal("export", "-c", str(weekly.connected), "-o",
+                                    str(tmp_path / "w1.tar"), "--split", "16MiB", *WEEK1,
+                                    cwd=tmp_path)
+    assert code == 0, screen
+    assert bar.search(screen) and screen.endswith("\r\x1b[2K"), screen[-300:]
+    assert "export: 2 images, 10 blobs (65.1 MiB) to 5 parts of at most 16.0 MiB" in out, out
+    site = offline_site(tmp_path / "site", weekly.dead_port)
+    code, screen, out = on_terminal("import", "-c", str(site), str(tmp_path / "w1.tar.000"),
+                                    cwd=tmp_path)
+    assert code == 0, screen
+    assert bar.search(screen), screen[-300:]
+    assert "import: 2 tags, 10 new blobs (65.1 MiB), 0 already cached; all verified" in out, out
