@@ -35,8 +35,13 @@ async def inventory_json(request: web.Request) -> web.Response:
     """What this cache holds (`mirror inventory --url`): digests and tags, for a differential
     `mirror export --have` on the connected side."""
     service = request.app[SERVICE]
+    tier = service.tier
+    contents = []
+    async for digest, _ in tier.list():
+        entry = tier.entry(digest)
+        contents.append((str(digest), entry is not None and entry.is_manifest))
     records = ((u, r, t, rec.digest) for u, r, t, rec in service.tags.all())
-    inventory = build_inventory(service.tier.contents(), records)
+    inventory = build_inventory(contents, records)
     return web.Response(body=inventory.dumps(), content_type="application/json",
                         headers={"Cache-Control": "no-store"})
 

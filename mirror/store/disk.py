@@ -189,10 +189,6 @@ class DiskTier:
     def entry(self, digest: Digest) -> Entry | None:
         return self._entries.get(str(digest))
 
-    def contents(self) -> list[tuple[str, bool]]:
-        """(digest, is_manifest) of everything held: what `mirror inventory` lists."""
-        return [(key, e.is_manifest) for key, e in self._entries.items()]
-
     def touch(self, digest: Digest) -> None:
         e = self._entries.get(str(digest))
         if e is None:
