@@ -311,6 +311,29 @@ def test_a_missing_part_is_named(weekly: Weekly, tmp_path: Path) -> None:
     assert_nothing_new_visible(site, tmp_path, (weekly.new.digest,))
 
 
+def test_nothing_left_out_is_a_plain_oci_layout(weekly: Weekly, tmp_path: Path) -> None:
+    """An inventory that lists none of the images' content: the bundle is the full one, byte for
+    byte, without mirror-bundle.json, and skopeo reads it."""
+    unrelated = tmp_path / "other-site.json"
+    unrelated.write_text(json.dumps({"format": "mirror-inventory", "version": 1,
+                                     "blobs": ["sha256:" + "0" * 64]}))
+    out = tmp_path / "w1.tar"
+    r = ok(mirror_cli("export", "-c", str(weekly.connected), "-o", str(out), "--have",
+                      str(unrelated), *WEEK1, cwd=tmp_path))
+    assert "0 blobs left out as already present (0 B)" in r.stdout, r.stdout
+    assert sha256_file(out) == sha256_file(weekly.week1)
+    with tarfile.open(out) as tf:
+        assert "mirror-bundle.json" not in tf.getnames()
+    if shutil.which("skopeo") is None:
+        pytest.fail("skopeo not installed (make system-deps)", pytrace=False)
+    multi = weekly.catalog["library/multiarch:latest"]
+    r = subprocess.run(["skopeo", "--tmpdir", str(tmp_path), "copy", "--all",
+                        f"oci-archive:{out}:docker.io/library/multiarch:latest",
+                        f"dir:{tmp_path / 'multi'}"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert set(verify_dir_copy(tmp_path / "multi", multi)) == digests_of(multi)
+
+
 def test_bad_input_is_one_line(weekly: Weekly, tmp_path: Path) -> None:
     bad = tmp_path / "bad.json"
     for content in ("{not json", json.dumps({"format": "something-else"}),
@@ -373,7 +396,9 @@ def test_an_interrupted_import_resumes(weekly: Weekly, tmp_path: Path) -> None:
     assert r.returncode == 1 and "File too large" in one_line_error(r), r.stderr
     cache = tmp_path / "site" / "cache"
     assert not [p for p in (cache / "blobs").rglob("*") if p.is_file()]
-    staged = [p for p in (cache / "import" / "sha256").iterdir()]
+    inv = json.loads(ok(mirror_cli("inventory", "-c", str(site), cwd=tmp_path)).stdout)
+    assert inv["tags"] == {} and inv["blobs"] == inv["manifests"] == []  # nothing visible
+    staged = list((cache / "import" / "sha256").iterdir())
     with tarfile.open(weekly.week1) as tf:
         order = [m.name.rsplit("/", 1)[1] for m in tf if m.name.startswith("blobs/sha256/")]
     big_layer_hex = weekly.catalog["library/big:latest"].layers[0].digest[7:]
