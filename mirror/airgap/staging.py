@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, cast
 
 from mirror.airgap.bundle import BUNDLE_FILE, INDEX_FILE, LAYOUT_FILE, BundleError
 from mirror.airgap.parts import PartsReader, find_parts
@@ -140,7 +140,9 @@ def open_source(sources: list[Path]) -> Source:
     if parts is not None:
         reader = PartsReader(parts)
         label = parts.paths[0].name
-        return Source(_tar_entries(reader, label), reader, parts.total, label)  # type: ignore[arg-type]
+        # Stream mode ("r|") calls only read(), which is all PartsReader has.
+        stream = cast(IO[bytes], reader)
+        return Source(_tar_entries(stream, label), reader, parts.total, label)
     if len(sources) != 1:
         raise BundleError("give one bundle file or directory, or the parts of one split bundle")
     source = sources[0]
