@@ -122,6 +122,19 @@ def test_parts_join_into_the_same_stream_and_a_stopped_write_resumes(
     assert b"".join(iter(lambda: reader.read(7000), b"")) == whole
 
 
+def test_stopped_after_the_last_part_nothing_is_written_again(
+        tmp_path: Path, blobs: list[tuple[Digest, int]]) -> None:
+    layout = layout_of(blobs)
+    done = write(tmp_path, layout, tmp_path / "p.tar", SPLIT)
+    before = {p.name: p.stat().st_mtime_ns for p in tmp_path.glob("p.tar.*")}
+    done.state_path.write_text(json.dumps({"bundle": done.bundle, "split": SPLIT,
+                                           "offset": 70_000}))  # the state a crash left
+    again = write(tmp_path, layout, tmp_path / "p.tar", SPLIT)
+    assert again.resumed_from == layout.total and again.written_parts == []
+    assert {p.name: p.stat().st_mtime_ns for p in tmp_path.glob("p.tar.*")} == before
+    assert not done.state_path.exists()
+
+
 def test_a_different_export_does_not_resume_into_old_bytes(
         tmp_path: Path, blobs: list[tuple[Digest, int]]) -> None:
     write(tmp_path, layout_of(blobs), tmp_path / "p.tar", SPLIT, stop_after=100_000)

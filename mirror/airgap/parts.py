@@ -97,6 +97,8 @@ class BundleOutput:
             self._clean()
         self.resumed_from = offset
         self._pos = self._synced = offset
+        if offset == self.total:
+            return offset  # every part was renamed into place; only the state was left
         self._open_part(min(offset // self.payload, self.count - 1), offset)
         return offset
 
@@ -109,6 +111,11 @@ class BundleOutput:
             return 0
         if not same or not 0 < offset <= self.total:
             return 0
+        if self.split is not None and all(self.part_path(i).is_file() for i in range(self.count)):
+            # Stopped after the last rename, before the state was removed: all written (a
+            # fresh start removed every older part, so these are this export's). One file is
+            # not judged so: BUNDLE may be last week's, kept until this one replaces it.
+            return self.total
         k = min(offset // self.payload, self.count - 1)
         if any(not self.part_path(i).is_file() for i in range(k)):
             return 0
