@@ -97,7 +97,7 @@ class BundleOutput:
             self._clean()
         self.resumed_from = offset
         self._pos = self._synced = offset
-        if offset == self.total:
+        if self.split is not None and self._all_parts_in_place():
             return offset  # every part was renamed into place; only the state was left
         self._open_part(min(offset // self.payload, self.count - 1), offset)
         return offset
@@ -111,7 +111,7 @@ class BundleOutput:
             return 0
         if not same or not 0 < offset <= self.total:
             return 0
-        if self.split is not None and all(self.part_path(i).is_file() for i in range(self.count)):
+        if self.split is not None and self._all_parts_in_place():
             # Stopped after the last rename, before the state was removed: all written (a
             # fresh start removed every older part, so these are this export's). One file is
             # not judged so: BUNDLE may be last week's, kept until this one replaces it.
@@ -126,6 +126,9 @@ class BundleOutput:
         except OSError:
             have = -1
         return offset if have >= header + in_part else 0
+
+    def _all_parts_in_place(self) -> bool:
+        return all(self.part_path(i).is_file() for i in range(self.count))
 
     def _clean(self) -> None:
         """A fresh start: remove what an earlier, different export left under these names."""
@@ -151,7 +154,7 @@ class BundleOutput:
         self._f = open(partial, "r+b")  # noqa: SIM115
         self._f.truncate(header + self._part_pos)
         self._f.seek(header)
-        left = self._part_pos
+        left = self._part_pos if self.split is not None else 0  # one file has no checksum
         while left:  # the part's checksum covers what the interrupted run wrote: read it back
             chunk = self._f.read(min(READ_CHUNK, left))
             if not chunk:
