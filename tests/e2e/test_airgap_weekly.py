@@ -334,6 +334,19 @@ def test_nothing_left_out_is_a_plain_oci_layout(weekly: Weekly, tmp_path: Path) 
     assert set(verify_dir_copy(tmp_path / "multi", multi)) == digests_of(multi)
 
 
+def test_nothing_new_is_a_bundle_of_names_only(weekly: Weekly, tmp_path: Path) -> None:
+    """Week 1 again, against site A's inventory: no blob travels, the tags are renewed."""
+    out = tmp_path / "again.tar"
+    r = ok(mirror_cli("export", "-c", str(weekly.connected), "-o", str(out), "--have",
+                      str(weekly.root / "site-a.inventory.json"), *WEEK1, cwd=tmp_path))
+    assert "export: 2 images, 0 blobs (0 B)" in r.stdout, r.stdout
+    assert out.stat().st_size < 16 * 1024
+    site = site_with_week1(weekly, tmp_path / "site")
+    r = ok(mirror_cli("import", "-c", str(site), str(out), cwd=tmp_path))
+    assert "import: 2 tags, 0 new blobs (0 B), 0 already cached" in r.stdout, r.stdout
+    assert "differential bundle: 10 blobs left out" in r.stdout, r.stdout
+
+
 def test_bad_input_is_one_line(weekly: Weekly, tmp_path: Path) -> None:
     bad = tmp_path / "bad.json"
     for content in ("{not json", json.dumps({"format": "something-else"}),
