@@ -175,7 +175,7 @@ async def test_health_open_metrics_and_status_protected(make_mirror: Make) -> No
     mirror = await make_mirror(auth={})
     assert (await mirror.get("/healthz")).status == 200
     assert (await mirror.get("/readyz")).status != 401
-    for path in ("/metrics", "/", "/status.json"):
+    for path in ("/metrics", "/", "/status.json", "/inventory.json"):
         r = await mirror.get(path)
         assert_basic_challenge(r)
         r = await mirror.get(path, headers=basic(ALICE, ALICE_PW))

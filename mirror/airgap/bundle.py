@@ -7,21 +7,24 @@ index.json names each image with its full reference (`docker.io/library/busybox:
 when the source mirror last confirmed the tag, so the importing site keeps honest tag ages.
 
 Export reads the cache only (never an upstream), streams every blob from its file into the tar
-in fixed-size pieces (a 20 GiB bundle needs no 20 GiB of memory), hashes it on the way, and
-writes to a temp name that is renamed into place only when the whole bundle is complete."""
+in fixed-size pieces (a 20 GiB bundle needs no 20 GiB of memory) and hashes it on the way. The
+stream is laid out in advance (tarlayout.py), so an interrupted export resumes; export.py and
+parts.py write it to one file or to parts of a given size.
+
+A differential bundle (`--have INVENTORY`) leaves out what the far site already holds: its
+index.json still names every image, and `mirror-bundle.json` lists the digests left out, which
+the importing site must hold before anything of the bundle becomes visible there."""
 
 from __future__ import annotations
 
 import json
-import os
-import tarfile
-import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
-from typing import IO, Any, BinaryIO, cast
+from typing import IO, Any
 
+from mirror import __version__
+from mirror.airgap.tarlayout import Layout, LayoutError, write_layout
 from mirror.oci.imageref import ImageRef
 from mirror.oci.models import (
     IMAGE_MANIFEST_TYPES,
@@ -42,9 +45,9 @@ LAYOUT_VERSION = "1.0.0"
 REF_NAME = "org.opencontainers.image.ref.name"
 CONTAINERD_NAME = "io.containerd.image.name"
 CHECKED_AT = "io.github.mirror.tag.checked-at"  # RFC 3339 UTC; when upstream last confirmed
-COPY_BUFFER = 1024 * 1024
+BUNDLE_FILE = "mirror-bundle.json"  # differential bundles: what the importing site must hold
+BUNDLE_FORMAT = "mirror-bundle"
 MAX_REFERRER_DEPTH = 2  # like seed: a signature of an SBOM of an image
-ENTRY_MTIME = 0  # fixed: the same content makes the same bundle
 
 
 class BundleError(Exception):
@@ -67,10 +70,21 @@ class ExportPlan:
     problems: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     planned: set[str] = field(default_factory=set)  # full references already in the plan
+    left_out: dict[str, tuple[Digest, int]] = field(default_factory=dict)  # --have: not sent
 
     @property
     def total_bytes(self) -> int:
         return sum(size for _, size in self.blobs.values())
+
+    @property
+    def left_out_bytes(self) -> int:
+        return sum(size for _, size in self.left_out.values())
+
+    def leave_out(self, have: set[str]) -> None:
+        """Drop every blob and manifest the far site already holds (its inventories); the
+        index still names every image, and bundle_document lists what was dropped."""
+        for key in [k for k in self.blobs if k in have]:
+            self.left_out[key] = self.blobs.pop(key)
 
 
 def rfc3339(ts: float) -> str:
@@ -253,71 +267,49 @@ def index_document(images: list[BundleImage]) -> bytes:
     return json.dumps(doc, indent=2).encode() + b"\n"
 
 
-class _HashingReader:
-    """Hashes what tarfile copies out of a blob file, so a file that rotted on disk is caught."""
-
-    def __init__(self, f: BinaryIO, digest: Digest) -> None:
-        self.f = f
-        self.hasher = digest.hasher()
-
-    def read(self, n: int = -1) -> bytes:
-        data = self.f.read(n)
-        self.hasher.update(data)
-        return data
+def bundle_document(plan: ExportPlan) -> bytes | None:
+    """`mirror-bundle.json`, only in a bundle with content left out: the digests the importing
+    site must already hold (checked before anything of the bundle becomes visible there)."""
+    if not plan.left_out:
+        return None
+    doc = {"format": BUNDLE_FORMAT, "version": 1, "mirror_version": __version__,
+           "expects": [{"digest": str(d), "size": size} for d, size in plan.left_out.values()]}
+    return json.dumps(doc, indent=1).encode() + b"\n"
 
 
-def _entry(name: str, size: int, kind: bytes = tarfile.REGTYPE) -> tarfile.TarInfo:
-    info = tarfile.TarInfo(name)
-    info.size, info.type, info.mtime = size, kind, ENTRY_MTIME
-    info.mode = 0o755 if kind == tarfile.DIRTYPE else 0o644
-    return info
+def build_layout(plan: ExportPlan) -> Layout:
+    """The bundle's tar stream, in a fixed order: oci-layout, index.json, mirror-bundle.json
+    (differential bundles only), the directories, then every blob sent, once."""
+    layout = Layout()
+    layout.add_file(LAYOUT_FILE, json.dumps({"imageLayoutVersion": LAYOUT_VERSION}).encode())
+    layout.add_file(INDEX_FILE, index_document(plan.images))
+    doc = bundle_document(plan)
+    if doc is not None:
+        layout.add_file(BUNDLE_FILE, doc)
+    layout.add_dir("blobs")
+    for alg in sorted({d.algorithm for d, _ in plan.blobs.values()}):
+        layout.add_dir(f"blobs/{alg}")
+    for digest, size in plan.blobs.values():
+        layout.add_blob(digest, size)
+    layout.close()
+    return layout
+
+
+class _StreamSink:
+    def __init__(self, out: IO[bytes]) -> None:
+        self.out = out
+
+    def write(self, data: bytes) -> None:
+        self.out.write(data)
+
+    def checkpoint(self, offset: int) -> None:
+        pass
 
 
 def write_bundle(view: CacheView, plan: ExportPlan, out: IO[bytes],
-                 progress: Any = None) -> None:
-    """Stream the bundle to `out` (a file or a pipe: nothing seeks)."""
-    index = index_document(plan.images)
-    layout = json.dumps({"imageLayoutVersion": LAYOUT_VERSION}).encode()
-    with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT,
-                      bufsize=COPY_BUFFER) as tf:
-        # Pieces of a blob copied at once: memory stays this size (typeshed lacks the attribute).
-        cast(Any, tf).copybufsize = COPY_BUFFER
-        tf.addfile(_entry(LAYOUT_FILE, len(layout)), _BytesReader(layout))
-        tf.addfile(_entry(INDEX_FILE, len(index)), _BytesReader(index))
-        tf.addfile(_entry("blobs", 0, tarfile.DIRTYPE))
-        for alg in sorted({d.algorithm for d, _ in plan.blobs.values()}):
-            tf.addfile(_entry(f"blobs/{alg}", 0, tarfile.DIRTYPE))
-        for digest, size in plan.blobs.values():
-            with open(view.tier.path(digest), "rb") as f:
-                # The size comes from the open file: an eviction meanwhile cannot cut it short.
-                size = os.fstat(f.fileno()).st_size
-                reader = _HashingReader(f, digest)
-                tf.addfile(_entry(f"blobs/{digest.algorithm}/{digest.hex}", size), reader)
-            if reader.hasher.hexdigest() != digest.hex:
-                raise BundleError(f"cached blob {digest} ({view.tier.path(digest)}) is corrupt on "
-                                  f"disk; delete that file and seed again")
-            if progress is not None:
-                progress(size)
-
-
-class _BytesReader:
-    def __init__(self, data: bytes) -> None:
-        self.data, self.pos = data, 0
-
-    def read(self, n: int = -1) -> bytes:
-        end = len(self.data) if n < 0 else self.pos + n
-        chunk, self.pos = self.data[self.pos:end], min(end, len(self.data))
-        return chunk
-
-
-def export_to_path(view: CacheView, plan: ExportPlan, path: Path, progress: Any = None) -> None:
-    """Write to a temp name beside `path`, rename when complete: a bundle that exists is whole."""
-    temp = path.with_name(f".{path.name}.partial-{os.getpid()}-{int(time.time())}")
+                 progress: Callable[[int], None] | None = None) -> None:
+    """Stream the bundle to `out` (a pipe: nothing seeks, nothing resumes)."""
     try:
-        with open(temp, "wb") as f:
-            write_bundle(view, plan, f, progress)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temp, path)
-    finally:
-        temp.unlink(missing_ok=True)
+        write_layout(build_layout(plan), view.tier.path, _StreamSink(out), 0, progress)
+    except LayoutError as e:
+        raise BundleError(str(e)) from None

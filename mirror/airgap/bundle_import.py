@@ -1,38 +1,41 @@
-"""`mirror import`: take an OCI image layout (our bundle tar, any `oci-archive`, or a directory
-written by `skopeo copy ... oci:DIR`) into the cache, so an offline mirror serves its tags.
+"""`mirror import`: take an OCI image layout (our bundle tar or its parts, any `oci-archive`, or
+a directory written by `skopeo copy ... oci:DIR`) into the cache, so an offline mirror serves
+its tags.
 
 All or nothing, in three steps:
-  1. stage: stream every blob into the cache's tmp/ directory, hashing it on the way (memory
-     stays one buffer); the first blob whose bytes do not hash to its name refuses the bundle;
-  2. check: index.json and every manifest it reaches must be present and complete, and every
-     name must resolve to a repository;
+  1. stage (staging.py): stream every blob into the cache's import/ directory, hashing it on
+     the way (memory stays one buffer); the first blob whose bytes do not hash to its name, or
+     the first part that is missing or damaged, refuses the bundle. A differential bundle's
+     mirror-bundle.json is checked first: every digest it expects must be in this cache, whole
+     and valid (hashed), or the bundle is refused before anything is staged;
+  2. check: index.json and every manifest it reaches must be present and complete (in the
+     bundle or, for a differential one, in the cache), and every name must resolve;
   3. commit: move the staged files into place, then write all tag records at once.
-A refused bundle leaves nothing behind: its staged files are deleted, and a crash before step 3
-leaves only tmp/ files, which the next start sweeps. Tags are written last, so nothing of a
-bundle is ever served by tag before all of it verified."""
+Nothing under import/ is served, and tags are written last, so nothing of a bundle is ever
+served by tag before all of it verified; a refused or interrupted import changes nothing the
+mirror serves."""
 
 from __future__ import annotations
 
 import asyncio
 import json
-import os
-import tarfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from mirror.airgap.bundle import (
+    BUNDLE_FILE,
+    BUNDLE_FORMAT,
     CHECKED_AT,
     CONTAINERD_NAME,
     INDEX_FILE,
-    LAYOUT_FILE,
     REF_NAME,
     BundleError,
     parse_rfc3339,
 )
-from mirror.oci.errors import DigestInvalid
+from mirror.airgap.parts import PartError
+from mirror.airgap.staging import Source, StagedBundle, Staging, stage
 from mirror.oci.imageref import ImageRef, ImageRefError, parse_image_ref
 from mirror.oci.models import (
     IMAGE_MANIFEST_TYPES,
@@ -46,26 +49,7 @@ from mirror.store.disk import DiskTier
 from mirror.store.index import TagIndex, TagRecord
 
 READ_CHUNK = 1024 * 1024
-MAX_INDEX_SIZE = 16 * 1024 * 1024
-
-
-@dataclass(slots=True)
-class Staged:
-    digest: Digest
-    size: int
-    temp: Path | None  # None: the cache already held this blob
-
-
-@dataclass(slots=True)
-class StagedBundle:
-    index: bytes
-    blobs: dict[str, Staged] = field(default_factory=dict)
-    ignored: list[str] = field(default_factory=list)
-
-    def discard(self) -> None:
-        for s in self.blobs.values():
-            if s.temp is not None:
-                s.temp.unlink(missing_ok=True)
+MAX_NAMED = 20  # missing digests named in the one-line error; the count says the rest
 
 
 @dataclass(slots=True)
@@ -75,143 +59,57 @@ class ImportReport:
     blobs_new: int = 0
     bytes_new: int = 0
     blobs_present: int = 0
+    blobs_resumed: int = 0  # staged by an interrupted run, taken as they were
+    expected: int = 0  # digests a differential bundle left out, found valid in this cache
+    expected_bytes: int = 0
     kept_newer: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
 
-# -- reading a layout -------------------------------------------------------------------------
-
-Entry = tuple[str, int, IO[bytes] | None]  # name, size, reader (None: not a regular file)
+# -- a differential bundle's expectations ----------------------------------------------------
 
 
-def _tar_entries(path: Path) -> Iterator[Entry]:
+def parse_expects(meta: bytes) -> list[tuple[Digest, int]]:
     try:
-        # "r|*": a pure stream, never seeks, transparently gunzips a .tar.gz.
-        with tarfile.open(path, mode="r|*") as tf:
-            for member in tf:
-                if member.isdir():
-                    continue
-                reader = tf.extractfile(member) if member.isfile() else None
-                yield member.name, member.size, reader
-    except tarfile.TarError as e:
-        raise BundleError(f"{path}: not a readable tar file ({e})") from None
+        doc = json.loads(meta)
+        if not isinstance(doc, dict) or doc.get("format") != BUNDLE_FORMAT:
+            raise ValueError("not a mirror bundle description")
+        out = []
+        for item in doc["expects"]:
+            out.append((Digest.parse(item["digest"]), int(item["size"])))
+    except (ValueError, KeyError, TypeError) as e:  # DigestInvalid is a ValueError too
+        raise BundleError(f"{BUNDLE_FILE} is unreadable ({e})") from None
+    return out
 
 
-def _dir_entries(root: Path) -> Iterator[Entry]:
-    for name in (LAYOUT_FILE, INDEX_FILE):
-        p = root / name
-        if p.is_file():
-            with open(p, "rb") as f:
-                yield name, os.fstat(f.fileno()).st_size, f
-    blobs = root / "blobs"
-    if not blobs.is_dir():
-        return
-    for alg_dir in sorted(blobs.iterdir()):
-        for p in sorted(alg_dir.iterdir()) if alg_dir.is_dir() else []:
-            name = f"blobs/{alg_dir.name}/{p.name}"
-            if p.is_symlink() or not p.is_file():
-                yield name, 0, None
-                continue
-            with open(p, "rb") as f:
-                yield name, os.fstat(f.fileno()).st_size, f
-
-
-def layout_entries(source: Path) -> Iterator[Entry]:
-    if source.is_dir():
-        return _dir_entries(source)
-    if source.is_file():
-        return _tar_entries(source)
-    raise BundleError(f"{source}: no such bundle file or OCI layout directory")
-
-
-def _small(reader: IO[bytes], size: int, limit: int, what: str) -> bytes:
-    if size > limit:
-        raise BundleError(f"{what} is {size} bytes, more than the {limit} allowed")
-    return reader.read(limit + 1)[:limit]
-
-
-def stage(source: Path, tier: DiskTier) -> StagedBundle:
-    """Step 1 (blocking; run it in a worker thread)."""
-    staged = StagedBundle(b"")
-    layout = False
-    try:
-        for raw_name, size, reader in layout_entries(source):
-            name = raw_name.removeprefix("./")
-            if name == LAYOUT_FILE and reader is not None:
-                _check_layout(_small(reader, size, 4096, LAYOUT_FILE))
-                layout = True
-            elif name == INDEX_FILE and reader is not None:
-                staged.index = _small(reader, size, MAX_INDEX_SIZE, INDEX_FILE)
-            elif name.startswith("blobs/"):
-                blob = _stage_blob(name, size, reader, tier)
-                staged.blobs[str(blob.digest)] = blob
-            else:
-                staged.ignored.append(name)
-        if not layout:
-            raise BundleError(f"{source}: not an OCI image layout (no {LAYOUT_FILE} file)")
-        if not staged.index:
-            raise BundleError(f"{source}: not an OCI image layout (no {INDEX_FILE})")
-    except tarfile.TarError as e:  # e.g. a bundle cut short in the middle of a blob
-        staged.discard()
-        raise BundleError(f"{source}: damaged tar file ({e}); nothing was imported") from None
-    except BaseException:
-        staged.discard()
-        raise
-    return staged
-
-
-def _check_layout(data: bytes) -> None:
-    try:
-        version = json.loads(data).get("imageLayoutVersion")
-    except (ValueError, AttributeError):
-        version = None
-    if not isinstance(version, str) or not version.startswith("1."):
-        raise BundleError(f"{LAYOUT_FILE}: unsupported imageLayoutVersion {version!r}")
-
-
-def _stage_blob(name: str, size: int, reader: IO[bytes] | None, tier: DiskTier) -> Staged:
-    parts = name.split("/")
-    try:
-        if len(parts) != 3:
-            raise DigestInvalid(name)
-        digest = Digest.parse(f"{parts[1]}:{parts[2]}")
-    except DigestInvalid:
-        raise BundleError(f"{name}: not a blob path (blobs/<algorithm>/<hex>)") from None
-    if reader is None:
-        raise BundleError(f"{name}: not a regular file")
+def _valid_in_cache(tier: DiskTier, digest: Digest, size: int) -> bool:
+    entry = tier.entry(digest)
+    if entry is None or entry.size != size:
+        return False
     hasher = digest.hasher()
-    cached = tier.entry(digest) is not None
-    temp: Path | None = None
-    fd: int | None = None
-    if not cached:
-        temp = tier.tmp_dir / f"import-{digest.hex[:16]}.{os.getpid()}.{time.monotonic_ns()}"
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-    written = 0
     try:
-        while chunk := reader.read(READ_CHUNK):
-            hasher.update(chunk)
-            written += len(chunk)
-            if fd is not None:
-                view = memoryview(chunk)
-                while view:
-                    view = view[os.write(fd, view):]
-        if fd is not None:
-            os.fsync(fd)
-    except BaseException:
-        if temp is not None:
-            temp.unlink(missing_ok=True)
-        raise
-    finally:
-        if fd is not None:
-            os.close(fd)
-    actual = hasher.hexdigest()
-    if actual != digest.hex or written != size:
-        if temp is not None:
-            temp.unlink(missing_ok=True)
+        with open(tier.path(digest), "rb") as f:
+            while chunk := f.read(READ_CHUNK):
+                hasher.update(chunk)
+    except OSError:
+        return False
+    return bool(hasher.hexdigest() == digest.hex)
+
+
+def check_expects(tier: DiskTier, expects: list[tuple[Digest, int]], report: ImportReport) -> None:
+    """Every digest the bundle left out must be here and whole: hashed, since the import is
+    what the site will serve from now on (blocking; runs in the staging thread)."""
+    missing = [d for d, size in expects if not _valid_in_cache(tier, d, size)]
+    if missing:
+        named = ", ".join(str(d) for d in missing[:MAX_NAMED])
+        more = f" and {len(missing) - MAX_NAMED} more" if len(missing) > MAX_NAMED else ""
         raise BundleError(
-            f"blob {digest} ({name}) is corrupt: its {written} bytes hash to "
-            f"{digest.algorithm}:{actual}; the bundle was refused and nothing was imported")
-    return Staged(digest, written, temp)
+            f"this is a differential bundle and {len(missing)} of the {len(expects)} digests it "
+            f"expects this cache to hold are missing or damaged here: {named}{more}; import the "
+            f"bundle they came in first (or export a full bundle, without --have); nothing was "
+            f"imported")
+    report.expected = len(expects)
+    report.expected_bytes = sum(size for _, size in expects)
 
 
 # -- checking what index.json names ------------------------------------------------------------
@@ -354,26 +252,44 @@ async def commit(staged: StagedBundle, plan: Plan, tier: DiskTier, tags: TagInde
     report.notes += plan.notes
 
 
-async def import_layout(source: Path, tier: DiskTier, tags: TagIndex, aliases: Mapping[str, str],
-                        default_upstream: str | None, repo: str | None = None) -> ImportReport:
+async def import_layout(source: Source, tier: DiskTier, tags: TagIndex, aliases: Mapping[str, str],
+                        default_upstream: str | None, repo: str | None = None,
+                        progress: Callable[[int], None] | None = None) -> ImportReport:
+    report = ImportReport()
     loop = asyncio.get_running_loop()
-    staged = await loop.run_in_executor(None, stage, source, tier)
-    try:
-        plan = check(staged, tier, repo, aliases, default_upstream, time.time())
-        new_bytes = sum(b.size for b in staged.blobs.values() if b.temp is not None)
-        if new_bytes > tier.high:
-            raise BundleError(f"the bundle adds {new_bytes} bytes, more than the cache may hold "
-                              f"({tier.high} bytes at cache.max_size {tier.max_size}); raise "
-                              f"cache.max_size")
-        report = ImportReport()
-        report.notes += [f"ignored {n}" for n in staged.ignored]
-        if tier.used + new_bytes > tier.high:
-            # On an offline site evicted content never comes back: say so before it happens.
-            report.notes.append(
-                f"the cache will pass its budget ({tier.used + new_bytes} of {tier.max_size} "
-                f"bytes, cache.max_size): least recently used content is evicted to make room; "
-                f"an offline site should raise cache.max_size")
-        await commit(staged, plan, tier, tags, report)
-    finally:
-        staged.discard()  # whatever was not moved into place
+
+    def on_meta(meta: bytes) -> None:
+        check_expects(tier, parse_expects(meta), report)
+
+    with Staging(tier.root) as staging:
+        try:
+            staged = await loop.run_in_executor(None, stage, source, tier, staging, on_meta,
+                                                progress)
+            await _check_and_commit(staged, tier, tags, aliases, default_upstream, repo, report)
+        except PartError:
+            raise  # the staged blobs are verified: kept for the run after the part is copied
+        except BundleError:
+            staging.clear()  # refused for its content: leave nothing behind
+            raise
+        staging.clear()  # committed; and what other, abandoned imports left
     return report
+
+
+async def _check_and_commit(staged: StagedBundle, tier: DiskTier, tags: TagIndex,
+                            aliases: Mapping[str, str], default_upstream: str | None,
+                            repo: str | None, report: ImportReport) -> None:
+    plan = check(staged, tier, repo, aliases, default_upstream, time.time())
+    new_bytes = sum(b.size for b in staged.blobs.values() if b.temp is not None)
+    if new_bytes > tier.high:
+        raise BundleError(f"the bundle adds {new_bytes} bytes, more than the cache may hold "
+                          f"({tier.high} bytes at cache.max_size {tier.max_size}); raise "
+                          f"cache.max_size")
+    report.notes += [f"ignored {n}" for n in staged.ignored]
+    report.blobs_resumed = staged.resumed
+    if tier.used + new_bytes > tier.high:
+        # On an offline site evicted content never comes back: say so before it happens.
+        report.notes.append(
+            f"the cache will pass its budget ({tier.used + new_bytes} of {tier.max_size} "
+            f"bytes, cache.max_size): least recently used content is evicted to make room; "
+            f"an offline site should raise cache.max_size")
+    await commit(staged, plan, tier, tags, report)

@@ -1,4 +1,5 @@
-"""The air-gap commands: `mirror seed`, `mirror export`, `mirror import` (registered by cli.py).
+"""The air-gap commands: `mirror seed` here; `mirror export`, `mirror import` and `mirror
+inventory` in transfer.py (all registered by main.py through add_airgap_commands).
 
 Exit codes: 0 everything done; 1 something failed (named on stderr or in the summary);
 2 the command line or the config is unusable."""
@@ -38,7 +39,7 @@ def add_airgap_commands(sub: SubParsers, config_arg: Callable[[argparse.Argument
                     "run it beside a mirror serving the same cache: use --url). Exit 1 if "
                     "anything failed.")
     config_arg(s)
-    _refs_args(s, images_help)
+    refs_args(s, images_help)
     s.add_argument("--url", metavar="URL",
                    help="seed through the mirror running at URL instead of opening the cache")
     s.add_argument("--with-referrers", action="store_true",
@@ -46,34 +47,12 @@ def add_airgap_commands(sub: SubParsers, config_arg: Callable[[argparse.Argument
     s.add_argument("--parallel", type=int, default=4, metavar="N", help="blobs fetched at once")
     s.set_defaults(func=lambda a: cmd_seed(a, load(a.config)))
 
-    e = sub.add_parser(
-        "export", help="write cached images to one OCI-layout bundle (tar)",
-        description="Write images from the cache (never from an upstream) into one tar file in "
-                    "the OCI image layout, each named by its full reference. Readable by "
-                    "`mirror import` and by other tools (skopeo copy oci-archive:BUNDLE:REF).")
-    config_arg(e)
-    e.add_argument("-o", "--output", required=True, metavar="BUNDLE",
-                   help="bundle file to write ('-' for stdout)")
-    _refs_args(e, images_help + "; patterns match the tags in the cache")
-    e.add_argument("--with-referrers", action="store_true",
-                   help="include cached referrer tags (sha256-<hex>, cosign .sig/.att/.sbom)")
-    e.set_defaults(func=lambda a: cmd_export(a, load(a.config)))
+    from mirror.cli.transfer import add_transfer_commands
 
-    i = sub.add_parser(
-        "import", help="verify a bundle and add it to the cache",
-        description="Verify every blob of an OCI-layout bundle (tar file, or a directory made "
-                    "by `skopeo copy ... oci:DIR`) and add it to the cache with its tags, so a "
-                    "mirror with `offline: true` serves them. A bundle with any corrupt or "
-                    "missing blob is refused whole. Restart a mirror serving this cache "
-                    "afterwards.")
-    config_arg(i)
-    i.add_argument("bundle", metavar="BUNDLE", help="bundle file or OCI layout directory")
-    i.add_argument("--repo", metavar="REGISTRY/REPOSITORY",
-                   help="repository for entries named only by a tag (ref.name `v1`)")
-    i.set_defaults(func=lambda a: cmd_import(a, load(a.config)))
+    add_transfer_commands(sub, config_arg, load, images_help)
 
 
-def _refs_args(p: argparse.ArgumentParser, images_help: str) -> None:
+def refs_args(p: argparse.ArgumentParser, images_help: str) -> None:
     p.add_argument("images", nargs="*", metavar="IMAGE", help=images_help)
     p.add_argument("-f", "--file", metavar="LIST",
                    help="read references from LIST, one per line, # comments ('-': stdin)")
@@ -81,7 +60,7 @@ def _refs_args(p: argparse.ArgumentParser, images_help: str) -> None:
                    help="only these platforms of multi-platform images (default: all)")
 
 
-def _fail(message: str) -> None:
+def fail(message: str) -> None:
     print(f"mirror: {message}", file=sys.stderr)
 
 
@@ -94,7 +73,7 @@ def _reference_texts(args: argparse.Namespace) -> list[str]:
     return texts
 
 
-def _parse_common(args: argparse.Namespace, config: Config,
+def parse_common(args: argparse.Namespace, config: Config,
                   any_registry: bool = False) -> tuple[list[ImageRef], tuple[Platform, ...]] | None:
     """References and platforms, or None after printing every problem."""
     from mirror.airgap.seed import parse_platforms
@@ -103,7 +82,7 @@ def _parse_common(args: argparse.Namespace, config: Config,
     try:
         texts = _reference_texts(args)
     except OSError as e:
-        _fail(f"cannot read {args.file}: {e.strerror}")
+        fail(f"cannot read {args.file}: {e.strerror}")
         return None
     if not texts:
         problems.append("no images given (IMAGE arguments or -f LIST)")
@@ -121,7 +100,7 @@ def _parse_common(args: argparse.Namespace, config: Config,
     except ValueError as e:
         problems.append(f"--platform: {e}")
     for p in problems:
-        _fail(p)
+        fail(p)
     return None if problems else (refs, platforms)
 
 
@@ -134,14 +113,14 @@ def cmd_seed(args: argparse.Namespace, config: Config) -> int:
     from mirror.observe.log import setup_logging
 
     if not args.url and config.offline:
-        _fail("the config says offline: true, so there is no upstream to seed from "
+        fail("the config says offline: true, so there is no upstream to seed from "
               "(use --url, or `mirror import` a bundle)")
         return EXIT_USAGE
-    parsed = _parse_common(args, config, any_registry=bool(args.url))
+    parsed = parse_common(args, config, any_registry=bool(args.url))
     if parsed is None:
         return EXIT_USAGE
     if args.parallel < 1:
-        _fail("--parallel must be at least 1")
+        fail("--parallel must be at least 1")
         return EXIT_USAGE
     refs, platforms = parsed
     setup_logging("warning", config.log.format)
@@ -153,7 +132,7 @@ def cmd_seed(args: argparse.Namespace, config: Config) -> int:
         summary = asyncio.run(_seed(config, args.url, refs, options, reporter))
     except KeyboardInterrupt:
         reporter.close()
-        _fail("seed interrupted; run the same command again to resume (cached content is "
+        fail("seed interrupted; run the same command again to resume (cached content is "
               "skipped)")
         return EXIT_INTERRUPTED
     finally:
@@ -179,112 +158,5 @@ async def _seed(config: Config, url: str | None, refs: list[ImageRef], options: 
     parts = await build_services(config, Metrics())
     try:
         return await Seeder(ServiceSource(parts.service), options, reporter).run(refs)
-    finally:
-        await parts.close()
-
-
-# -- export -----------------------------------------------------------------------------------
-
-
-def cmd_export(args: argparse.Namespace, config: Config) -> int:
-    from mirror.airgap.bundle import BundleError, CacheView, export_to_path, plan_export, write_bundle
-    from mirror.airgap.progress import BarReporter, human_bytes
-    from mirror.observe.metrics import Metrics
-    from mirror.store.db import Database
-    from mirror.store.disk import DiskTier
-    from mirror.store.index import TagIndex
-
-    parsed = _parse_common(args, config)
-    if parsed is None:
-        return EXIT_USAGE
-    refs, platforms = parsed
-    if not (config.cache.dir / "index.db").is_file():
-        _fail(f"no cache at {config.cache.dir} (cache.dir): nothing to export")
-        return EXIT_FAILED
-    t0 = time.monotonic()
-    db = Database(config.cache.dir / "index.db")
-    try:
-        tier = DiskTier(config.cache.dir, db, config.cache.max_size, Metrics())
-        view = CacheView(tier, TagIndex(db), db)
-        plan = plan_export(view, refs, platforms, args.with_referrers)
-        for note in plan.notes:
-            print(f"mirror: note: {note}", file=sys.stderr)
-        if plan.problems:
-            for problem in plan.problems:
-                _fail(f"export: {problem}")
-            _fail("export: nothing written")
-            return EXIT_FAILED
-        bar = BarReporter(sys.stderr) if sys.stderr.isatty() and args.output != "-" else None
-        if bar is not None:
-            bar.total(plan.total_bytes)
-        try:
-            if args.output == "-":
-                write_bundle(view, plan, sys.stdout.buffer)
-                sys.stdout.buffer.flush()
-            else:
-                export_to_path(view, plan, Path(args.output), bar.advance if bar else None)
-        except BundleError as e:
-            _fail(f"export: {e}")
-            return EXIT_FAILED
-        except OSError as e:
-            _fail(f"export: cannot write {args.output}: {e.strerror or e}")
-            return EXIT_FAILED
-        finally:
-            if bar is not None:
-                bar.close()
-    finally:
-        db.close_sync()
-    out = sys.stderr if args.output == "-" else sys.stdout
-    for img in plan.images:
-        print(f"exported {img.ref} {img.digest}", file=out)
-    print(f"export: {len(plan.images)} images, {len(plan.blobs)} blobs "
-          f"({human_bytes(plan.total_bytes)}) to {args.output} in {time.monotonic() - t0:.1f}s",
-          file=out)
-    return 0
-
-
-# -- import -----------------------------------------------------------------------------------
-
-
-def cmd_import(args: argparse.Namespace, config: Config) -> int:
-    from mirror.airgap.bundle import BundleError
-    from mirror.airgap.progress import human_bytes
-    from mirror.observe.log import setup_logging
-
-    setup_logging("warning", config.log.format)
-    t0 = time.monotonic()
-    try:
-        report = asyncio.run(_import(config, Path(args.bundle), args.repo))
-    except KeyboardInterrupt:
-        _fail("import interrupted: nothing was imported (staged files go at the next start)")
-        return EXIT_INTERRUPTED
-    except BundleError as e:
-        _fail(f"import refused: {e}")
-        return EXIT_FAILED
-    except OSError as e:
-        _fail(f"import failed: {e}")
-        return EXIT_FAILED
-    for ref, digest in report.tags:
-        print(f"imported {ref} {digest}")
-    for line in report.kept_newer:
-        print(f"kept newer tag record: {line}")
-    for note in report.notes:
-        print(f"note: {note}")
-    print(f"import: {len(report.tags)} tags, {report.blobs_new} new blobs "
-          f"({human_bytes(report.bytes_new)}), {report.blobs_present} already cached; all "
-          f"verified; {time.monotonic() - t0:.1f}s. Restart a mirror serving "
-          f"{config.cache.dir} to serve them.")
-    return 0
-
-
-async def _import(config: Config, source: Path, repo: str | None) -> Any:
-    from mirror.airgap.bundle_import import import_layout
-    from mirror.observe.metrics import Metrics
-    from mirror.pull.stack import build_services
-
-    parts = await build_services(config, Metrics())
-    try:
-        return await import_layout(source, parts.tier, parts.tags, config.alias_table(),
-                                   config.default_upstream, repo)
     finally:
         await parts.close()

@@ -1,6 +1,7 @@
-"""The status page's routes: `/`, `/status.json` and `/static/<file>`. The numbers come from
-mirror/observe/summary.py and the HTML from mirror/observe/statuspage.py; this module only
-reads the app's parts and answers."""
+"""The status page's routes: `/`, `/status.json`, `/inventory.json` and `/static/<file>`. The
+numbers come from mirror/observe/summary.py and the HTML from mirror/observe/statuspage.py; this
+module only reads the app's parts and answers. All of them sit behind the same protection
+(auth.protect_status)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ from typing import Any
 
 from aiohttp import web
 
-from mirror.http.keys import CONFIG, METRICS, PULL_STATS, STATUS
+from mirror.airgap.inventory import build as build_inventory
+from mirror.http.keys import CONFIG, METRICS, PULL_STATS, SERVICE, STATUS
 from mirror.observe.statuspage import SECURITY_HEADERS, STATIC_TYPES, render
 from mirror.observe.summary import build
 
@@ -27,6 +29,18 @@ async def status_page(request: web.Request) -> web.Response:
 
 async def status_json(request: web.Request) -> web.Response:
     return web.json_response(summary(request.app), headers={"Cache-Control": "no-store"})
+
+
+async def inventory_json(request: web.Request) -> web.Response:
+    """What this cache holds (`mirror inventory --url`): digests and tags, for a differential
+    `mirror export --have` on the connected side."""
+    service = request.app[SERVICE]
+    tier = service.tier
+    contents = [(key, entry.is_manifest) for key, entry in tier.contents()]
+    records = ((u, r, t, rec.digest) for u, r, t, rec in service.tags.tags.all())
+    inventory = build_inventory(contents, records)
+    return web.Response(body=inventory.dumps(), content_type="application/json",
+                        headers={"Cache-Control": "no-store"})
 
 
 def _load_static() -> dict[str, tuple[bytes, str]]:
@@ -54,4 +68,5 @@ def add_status_routes(app: web.Application) -> None:
 
     app.router.add_get("/", status_page)
     app.router.add_get("/status.json", status_json)
+    app.router.add_get("/inventory.json", inventory_json)
     app.router.add_get("/static/{name}", static)

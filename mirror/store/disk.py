@@ -129,6 +129,10 @@ class DiskTier:
     def objects(self) -> int:
         return len(self._entries)
 
+    def contents(self) -> list[tuple[str, Entry]]:
+        """A snapshot of what the tier holds: (digest, entry)."""
+        return list(self._entries.items())
+
     def entry(self, digest: Digest) -> Entry | None:
         return self._entries.get(str(digest))
 
