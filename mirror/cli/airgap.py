@@ -1,5 +1,5 @@
 """The air-gap commands: `mirror seed` here; `mirror export`, `mirror import` and `mirror
-inventory` in transfer.py (all registered by main.py through add_airgap_commands).
+inventory` in transfer.py (main.py registers both).
 
 Exit codes: 0 everything done; 1 something failed (named on stderr or in the summary);
 2 the command line or the config is unusable."""
@@ -26,11 +26,14 @@ Loader = Callable[[str | None], Config]
 SubParsers = Any  # argparse's _SubParsersAction is private
 
 
+IMAGES_HELP = ("image references as you would pull them: nginx:1.27, "
+               "ghcr.io/org/app@sha256:..., ghcr.io/org/app:v1.* (glob over the tags), "
+               "'ghcr.io/org/app:>=1.2,<2' (semver range)")
+
+
 def add_airgap_commands(sub: SubParsers, config_arg: Callable[[argparse.ArgumentParser], None],
                         load: Loader) -> None:
-    images_help = ("image references as you would pull them: nginx:1.27, "
-                   "ghcr.io/org/app@sha256:..., ghcr.io/org/app:v1.* (glob over the tags), "
-                   "'ghcr.io/org/app:>=1.2,<2' (semver range)")
+    images_help = IMAGES_HELP
     s = sub.add_parser(
         "seed", help="fill the cache with images before anyone pulls them",
         description="Fetch whole images (index, every platform or --platform, configs, layers) "
@@ -46,10 +49,6 @@ def add_airgap_commands(sub: SubParsers, config_arg: Callable[[argparse.Argument
                    help="also fetch signatures, SBOMs and other referrers of each manifest")
     s.add_argument("--parallel", type=int, default=4, metavar="N", help="blobs fetched at once")
     s.set_defaults(func=lambda a: cmd_seed(a, load(a.config)))
-
-    from mirror.cli.transfer import add_transfer_commands
-
-    add_transfer_commands(sub, config_arg, load, images_help)
 
 
 def refs_args(p: argparse.ArgumentParser, images_help: str) -> None:

@@ -185,9 +185,11 @@ def build_parser() -> argparse.ArgumentParser:
     config_arg(c)
     c.set_defaults(func=cmd_check_config)
 
-    from mirror.cli.airgap import add_airgap_commands  # seed, export, import
+    from mirror.cli.airgap import IMAGES_HELP, add_airgap_commands  # seed
+    from mirror.cli.transfer import add_transfer_commands  # export, import, inventory
 
     add_airgap_commands(sub, config_arg, _load)
+    add_transfer_commands(sub, config_arg, _load, IMAGES_HELP)
 
     from mirror.cli.clientconf import add_client_config_command
 

@@ -238,8 +238,8 @@ async def _import(config: Config, sources: list[Path], repo: str | None) -> Any:
     from mirror.airgap.bundle_import import import_layout
     from mirror.airgap.progress import BarReporter
     from mirror.airgap.staging import open_source
-    from mirror.pull.stack import build_services
     from mirror.observe.metrics import Metrics
+    from mirror.pull.stack import build_services
 
     source = open_source(sources)  # a missing part is named before the cache is opened
     bar = BarReporter(sys.stderr) if sys.stderr.isatty() else None
