@@ -116,12 +116,7 @@ async def test_unknown_content_is_404_with_oci_body(mirror: TestClient[Any, Any]
 
 BAD_REQUESTS = [
     ("GET", "/v2/UPPER/manifests/latest", "NAME_INVALID"),
-    ("GET", "/v2/library/busybox/manifests/bad:digest", "DIGEST_INVALID"),
-    ("GET", "/v2/library/busybox/manifests/sha256:abc", "DIGEST_INVALID"),
-    ("GET", "/v2/library/busybox/blobs/md5:" + "0" * 32, "DIGEST_INVALID"),
-    ("GET", "/v2/library/busybox/blobs/sha256:" + "Z" * 64, "DIGEST_INVALID"),
-    ("GET", "/v2/library/busybox/manifests/" + "t" * 200, "TAG_INVALID"),
-    ("GET", "/v2/library/busybox/manifests/-tag", "TAG_INVALID"),
+    ("GET", "/v2/library/busybox/referrers/sha256:abc", "DIGEST_INVALID"),
     ("GET", "/v2/" + "a/" * 200 + "b/manifests/latest", "NAME_INVALID"),
     ("GET", "/v2/evil.example.com/library/busybox/manifests/latest", "NAME_UNKNOWN"),
     ("GET", "/v2/library/busybox/manifests/latest?ns=evil.example.com", "NAME_UNKNOWN"),
@@ -135,6 +130,33 @@ BAD_REQUESTS = [
     ("DELETE", "/v2/library/busybox/manifests/latest", "UNSUPPORTED"),
     ("PATCH", "/v2/library/busybox/blobs/uploads/x", "UNSUPPORTED"),
 ]
+
+
+# References that name nothing: the spec's end-2 and end-3 fail only with 404 (distribution
+# answers the conformance suite's `.INVALID_MANIFEST_NAME` so), never 400 TAG_INVALID.
+CANNOT_EXIST = [
+    ("/v2/library/busybox/manifests/.INVALID_MANIFEST_NAME", "MANIFEST_UNKNOWN"),
+    ("/v2/library/busybox/manifests/bad:digest", "MANIFEST_UNKNOWN"),
+    ("/v2/library/busybox/manifests/sha256:abc", "MANIFEST_UNKNOWN"),
+    ("/v2/library/busybox/manifests/" + "t" * 200, "MANIFEST_UNKNOWN"),
+    ("/v2/library/busybox/manifests/-tag", "MANIFEST_UNKNOWN"),
+    ("/v2/library/busybox/blobs/md5:" + "0" * 32, "BLOB_UNKNOWN"),
+    ("/v2/library/busybox/blobs/sha256:" + "Z" * 64, "BLOB_UNKNOWN"),
+    ("/v2/library/busybox/blobs/sha256:not-a-digest", "BLOB_UNKNOWN"),
+]
+
+
+@pytest.mark.parametrize("method", ["GET", "HEAD"])
+@pytest.mark.parametrize(("path", "code"), CANNOT_EXIST)
+async def test_reference_that_cannot_exist_is_404_unknown(
+        mirror: TestClient[Any, Any], registry_tap: RecordingProxy, method: str, path: str,
+        code: str) -> None:
+    reply = await asyncio.to_thread(fetch, str(mirror.make_url("/")).rstrip("/") + path, method)
+    assert reply.status == 404, reply.body
+    if method == "GET":
+        assert json.loads(reply.body)["errors"][0]["code"] == code
+    assert reply.header("Docker-Distribution-API-Version") == "registry/2.0"
+    assert registry_tap.count() == 0  # answered without asking the upstream
 
 
 @pytest.mark.parametrize(("method", "path", "code"), BAD_REQUESTS)

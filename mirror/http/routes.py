@@ -19,7 +19,14 @@ from mirror.http.responses import (
 )
 from mirror.observe.record import PullRecord, record_of
 from mirror.oci.apipath import API_VERSION_HEADER, parse_api_path
-from mirror.oci.errors import MirrorError, Unsupported
+from mirror.oci.errors import (
+    BlobUnknown,
+    DigestInvalid,
+    ManifestUnknown,
+    MirrorError,
+    TagInvalid,
+    Unsupported,
+)
 from mirror.oci.models import Digest, Reference, parse_accept_lines, parse_range
 from mirror.oci.routing import Route
 from mirror.pull.service import PassThrough
@@ -78,7 +85,13 @@ async def _passthrough(request: web.Request, answer: PassThrough, headers: dict[
 
 async def _manifest(request: web.Request, route: Route, ref_text: str,
                     headers: dict[str, str]) -> web.Response:
-    ref = Reference.parse(ref_text)
+    try:
+        ref = Reference.parse(ref_text)
+    except (TagInvalid, DigestInvalid):
+        # The spec's end-3 fails only with 404: a reference that is neither a tag nor a digest
+        # names no manifest (distribution answers `.INVALID_MANIFEST_NAME` so). No upstream asked.
+        raise ManifestUnknown(f"manifest unknown: {ref_text[:140]!r} is neither a tag nor a "
+                              "digest") from None
     metrics = request.app[METRICS]
     rec = record_of(request)
     rec.kind = "manifest"
@@ -110,7 +123,11 @@ async def _manifest(request: web.Request, route: Route, ref_text: str,
 
 async def _blob(request: web.Request, route: Route, ref_text: str,
                 headers: dict[str, str]) -> web.StreamResponse:
-    digest = Digest.parse(ref_text)
+    try:
+        digest = Digest.parse(ref_text)
+    except DigestInvalid as e:
+        # The spec's end-2 fails only with 404: no blob has a malformed name. No upstream asked.
+        raise BlobUnknown(f"blob unknown: {e.message}") from None
     service = request.app[SERVICE]
     metrics = request.app[METRICS]
     rec = record_of(request)

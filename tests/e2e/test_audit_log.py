@@ -80,7 +80,7 @@ def test_one_line_per_pull_request_with_its_facts_and_no_secret(
     assert (head["method"], head["result"], head["bytes"]) == ("HEAD", "hit", 0)
     assert (blob["status"], blob["type"], blob["digest"], blob["bytes"]) == (
         206, "blob", layer.digest, 100)
-    assert (bad["status"], bad["result"], bad["error"]) == (400, "error", "DIGEST_INVALID")
+    assert (bad["status"], bad["result"], bad["error"]) == (404, "error", "BLOB_UNKNOWN")
     assert (unknown["status"], unknown["error"], unknown["repository"]) == (
         404, "MANIFEST_UNKNOWN", "library/nosuch")
     assert (tags["type"], tags["status"], tags["result"]) == ("tags", 200, "miss")
