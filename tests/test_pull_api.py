@@ -78,6 +78,19 @@ async def test_client_without_index_support_gets_amd64(mirror: TestClient[Any, A
     assert await r.read() == amd64.manifest
 
 
+async def test_index_by_digest_is_never_rewritten(mirror: TestClient[Any, Any],
+                                                  catalog: Catalog) -> None:
+    # Distribution rewrites an index to its amd64 image only for a tag: a digest answers itself.
+    index = catalog["library/busybox:latest"]
+    for method in ("GET", "HEAD"):
+        r = await mirror.request(method, f"/v2/library/busybox/manifests/{index.digest}",
+                                 headers={"Accept": "application/vnd.docker.distribution.manifest.v2+json"})
+        assert r.status == 200
+        assert r.headers["Docker-Content-Digest"] == index.digest
+        if method == "GET":
+            assert await r.read() == index.manifest
+
+
 async def test_blob_get_head_and_ranges(mirror: TestClient[Any, Any], catalog: Catalog) -> None:
     img = catalog["library/alpine-ish:3.19"]
     layer = img.layers[0]

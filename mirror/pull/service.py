@@ -72,8 +72,9 @@ class PullService:
             answer = await self.tags.resolve(upstream, repo, ref.tag)
         m = answer.manifest
         self._link(upstream, repo, m)
-        if m.media_type in INDEX_TYPES and not accepts(accept, m.media_type):
-            # Like distribution: a client that cannot read an index gets the linux/amd64 image.
+        if ref.tag is not None and m.media_type in INDEX_TYPES and not accepts(accept, m.media_type):
+            # Like distribution: a client that cannot read an index gets the linux/amd64 image
+            # for a tag. A digest names those bytes and no others: it is answered as it is.
             child = select_platform(parse_manifest(m.body, m.media_type), DEFAULT_PLATFORM)
             if child is None:
                 raise ManifestUnknown(f"{repo}:{ref} is an index without a linux/amd64 image, and "
