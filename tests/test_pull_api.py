@@ -95,7 +95,7 @@ async def test_blob_get_head_and_ranges(mirror: TestClient[Any, Any], catalog: C
     img = catalog["library/alpine-ish:3.19"]
     layer = img.layers[0]
     url = f"/v2/{img.repo}/blobs/{layer.digest}"
-    r = await mirror.head(url)  # cold HEAD: starts the fetch, answers with the upstream's length
+    r = await mirror.head(url)  # cold HEAD: answered by the upstream's HEAD
     assert r.status == 200
     assert r.headers["Content-Length"] == str(layer.size)
     assert r.headers["Docker-Content-Digest"] == layer.digest
@@ -113,6 +113,31 @@ async def test_blob_get_head_and_ranges(mirror: TestClient[Any, Any], catalog: C
     assert r.status == 416
     assert r.headers["Content-Range"] == f"bytes */{layer.size}"
     assert (await r.json())["errors"][0]["code"] == "RANGE_INVALID"
+
+
+async def test_head_of_uncached_blob_is_an_upstream_head(mirror: TestClient[Any, Any],
+                                                         registry_tap: RecordingProxy,
+                                                         catalog: Catalog) -> None:
+    # HEAD says whether and how big; it downloads nothing (a GET that follows does).
+    img = catalog["org/team/app:1.0"]
+    layer = img.layers[0]
+    url = f"/v2/{img.repo}/blobs/{layer.digest}"
+    r = await mirror.head(url)
+    assert r.status == 200
+    assert r.headers["Content-Length"] == str(layer.size)
+    assert r.headers["Docker-Content-Digest"] == layer.digest
+    await asyncio.to_thread(registry_tap.wait_idle)
+    assert [q.method for q in registry_tap.filter(kind="blob")] == ["HEAD"], registry_tap.describe()
+    r = await mirror.head(f"/v2/{img.repo}/blobs/sha256:{'1' * 64}")
+    assert r.status == 404
+    registry_tap.clear()
+    r = await mirror.get(url)
+    assert r.status == 200
+    assert "sha256:" + hashlib.sha256(await r.read()).hexdigest() == layer.digest
+    assert [q.method for q in registry_tap.filter(kind="blob")] == ["GET"]
+    r = await mirror.head(url)  # cached now: no upstream request
+    assert r.status == 200 and r.headers["Content-Length"] == str(layer.size)
+    assert registry_tap.count(kind="blob") == 1
 
 
 async def test_unknown_content_is_404_with_oci_body(mirror: TestClient[Any, Any],

@@ -133,6 +133,14 @@ async def _blob(request: web.Request, route: Route, ref_text: str,
     rec = record_of(request)
     rec.kind, rec.digest = "blob", str(digest)
     try:
+        if request.method == "HEAD":
+            # Uncached: one upstream HEAD answers, nothing is downloaded (a GET that follows does).
+            size = await service.blob_size(route.upstream, route.repo, digest)
+            if size is not None:
+                rec.result = "miss"
+                metrics.requests.labels(route.upstream, "blob", "miss").inc()
+                status, _, _ = _blob_headers(request, digest, size, headers)
+                return web.Response(status=status, headers=headers)
         handle = await service.open_blob(route.upstream, route.repo, digest)
     except MirrorError:
         metrics.requests.labels(route.upstream, "blob", "error").inc()
@@ -153,22 +161,9 @@ async def _blob(request: web.Request, route: Route, ref_text: str,
             return await _stream_uncached(request, handle.body, handle.size, digest, headers, rec)
         size = handle.size
         assert size is not None
-        rng = parse_range(request.headers.get("Range"), size) if size else None
-        start, end = rng if rng is not None else (0, size - 1)
-        headers.update({
-            "Docker-Content-Digest": str(digest),
-            "Content-Type": "application/octet-stream",
-            "Accept-Ranges": "bytes",
-            "ETag": f'"{digest}"',
-            "Cache-Control": "max-age=31536000",
-        })
-        status = 200
-        if rng is not None:
-            status = 206
-            headers["Content-Range"] = f"bytes {start}-{end}/{size}"
+        status, start, end = _blob_headers(request, digest, size, headers)
         count = end - start + 1 if size else 0
         if request.method == "HEAD":
-            headers["Content-Length"] = str(count)
             if handle.fd is not None and handle.fetch is not None:
                 handle.fetch.close_reader(handle.fd)
                 handle.fd = None
@@ -213,6 +208,28 @@ async def _blob(request: web.Request, route: Route, ref_text: str,
         if handle.fd is not None and handle.fetch is not None:
             handle.fetch.close_reader(handle.fd)
         service.release_blob(handle)
+
+
+def _blob_headers(request: web.Request, digest: Digest, size: int,
+                  headers: dict[str, str]) -> tuple[int, int, int]:
+    """Status, first and last byte for a blob of `size` bytes; fills `headers` (a HEAD's
+    Content-Length too)."""
+    rng = parse_range(request.headers.get("Range"), size) if size else None
+    start, end = rng if rng is not None else (0, size - 1)
+    headers.update({
+        "Docker-Content-Digest": str(digest),
+        "Content-Type": "application/octet-stream",
+        "Accept-Ranges": "bytes",
+        "ETag": f'"{digest}"',
+        "Cache-Control": "max-age=31536000",
+    })
+    status = 200
+    if rng is not None:
+        status = 206
+        headers["Content-Range"] = f"bytes {start}-{end}/{size}"
+    if request.method == "HEAD":
+        headers["Content-Length"] = str(end - start + 1 if size else 0)
+    return status, start, end
 
 
 async def _stream_uncached(request: web.Request, body: AsyncIterator[bytes], size: int | None,
