@@ -18,7 +18,7 @@ from mirror.http.responses import (
     stream_fetch,
 )
 from mirror.observe.record import PullRecord, record_of
-from mirror.oci.apipath import API_VERSION_HEADER, parse_api_path
+from mirror.oci.apipath import API_VERSION_HEADER, next_link, parse_api_path
 from mirror.oci.errors import (
     BlobUnknown,
     DigestInvalid,
@@ -58,11 +58,12 @@ async def v2_api(request: web.Request) -> web.StreamResponse:
     if api.kind == "tags":
         rec.kind = "tags"
         return await _passthrough(request, await request.app[SERVICE].tags_list(
-            route.upstream, route.repo, _query_without_ns(request)), headers, "tag", route)
+            route.upstream, route.repo, _query_without_ns(request)), headers, "tags", route)
     digest = Digest.parse(api.ref)
     rec.kind = "referrers"
     return await _passthrough(request, await request.app[SERVICE].referrers(
-        route.upstream, route.repo, digest, _query_without_ns(request)), headers, "tag", route)
+        route.upstream, route.repo, digest, _query_without_ns(request)), headers, "referrers",
+        route)
 
 
 def _query_without_ns(request: web.Request) -> str:
@@ -74,12 +75,15 @@ async def _passthrough(request: web.Request, answer: PassThrough, headers: dict[
                        kind: str, route: Route) -> web.Response:
     if answer.content_type:
         headers["Content-Type"] = answer.content_type
-    if answer.link:
-        headers["Link"] = answer.link
+    # Pagination goes on along the client's own route (prefix or ns), never the upstream's path.
+    link = next_link(answer.link, request.rel_url.raw_path, request.query.get("ns"),
+                     ("n", "last") if kind == "tags" else None)
+    if link:
+        headers["Link"] = link
     result = answer.result if answer.status == 200 else "error"
     rec = record_of(request)
     rec.result, rec.bytes = result, len(answer.body) if request.method == "GET" else 0
-    request.app[METRICS].requests.labels(route.upstream, kind, result).inc()
+    request.app[METRICS].requests.labels(route.upstream, "tag", result).inc()
     return web.Response(status=answer.status, body=answer.body, headers=headers)
 
 
