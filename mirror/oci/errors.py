@@ -5,6 +5,7 @@ them into the JSON body the distribution spec defines, so handlers and the servi
     ├── ClientError (4xx: the request itself is wrong or asks for what does not exist)
     │   ├── NameInvalid, NameUnknown, DigestInvalid, TagInvalid, RangeNotSatisfiable
     │   ├── ManifestUnknown, BlobUnknown, Unsupported, Unauthorized, Denied, TooManyRequests
+    │   ├── ManifestUnsupported (the upstream has it only as Docker schema 1)
     └── UpstreamError (the upstream failed us: 502/503/504, never a wrong byte)
         ├── UpstreamUnavailable (connection refused/reset, timeout)
         └── UpstreamRejected (unexpected status from the upstream)
@@ -65,6 +66,13 @@ class RangeNotSatisfiable(ClientError):
 class ManifestUnknown(ClientError):
     code = "MANIFEST_UNKNOWN"
     status = 404
+
+
+class ManifestUnsupported(ClientError):
+    """What the upstream holds is a format the mirror cannot serve verified (Docker schema 1):
+    asking again cannot help, so a 4xx and never a 502 the client would retry."""
+
+    code = "MANIFEST_INVALID"
 
 
 class BlobUnknown(ClientError):

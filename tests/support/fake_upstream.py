@@ -125,9 +125,12 @@ class FakeRegistry(Recorder):
             self.blobs[digest] = data
         return digest
 
-    def add_manifest(self, repo: str, tag: str | None, data: bytes, media_type: str) -> str:
-        """Store a manifest (by digest, and under `tag` if given: re-adding moves the tag)."""
-        digest = sha256_digest(data)
+    def add_manifest(self, repo: str, tag: str | None, data: bytes, media_type: str,
+                     digest: str | None = None) -> str:
+        """Store a manifest (by digest, and under `tag` if given: re-adding moves the tag).
+        `digest`: another than the body's, as registries name a signed schema 1 manifest
+        (by its payload without the signatures)."""
+        digest = digest or sha256_digest(data)
         with self._data_lock:
             self.manifests.setdefault(repo, {})[digest] = (data, media_type)
             tags = self.tags.setdefault(repo, {})
