@@ -22,6 +22,7 @@ from mirror.observe.metrics import Metrics
 from mirror.oci.errors import TooManyRequests, UpstreamRejected, UpstreamUnavailable
 from mirror.oci.models import MANIFEST_TYPES, MAX_MANIFEST_SIZE
 from mirror.upstream.auth import Challenge, TokenCache, TokenKey, parse_challenges, pull_scope
+from mirror.upstream.redirects import RedirectPolicy
 
 log = logging.getLogger("mirror.upstream")
 
@@ -70,6 +71,7 @@ class UpstreamClient:
         self._session = session
         self._metrics = metrics
         self._tokens = TokenCache()
+        self._redirects = RedirectPolicy.of(config)
         self._token_fetches: dict[TokenKey, asyncio.Future[str | None]] = {}
         # The last challenge seen: lets us attach credentials up front instead of paying a 401
         # round trip on every new repository.
@@ -199,6 +201,7 @@ class UpstreamClient:
                 raise UpstreamRejected(f"upstream {self.name}: too many redirects", resp.status)
             target = urljoin(str(resp.url), resp.headers["Location"])
             resp.release()
+            await self._check_target(target, "a redirect", resp.status)
             # Redirect targets (CDNs with signed URLs) never see our credentials, and the
             # redirect itself is never cached: the signature expires.
             hdrs.pop("Authorization", None)
@@ -210,6 +213,17 @@ class UpstreamClient:
             resp.release()
             raise TooManyRequests(f"upstream {self.name} answered 429; backing off {wait:.0f}s")
         return resp
+
+    async def _check_target(self, url: str, what: str, status: int) -> None:
+        refused = await self._redirects.refused(url)
+        if refused is None:
+            return
+        self.last_error = f"{what} to {refused} refused"
+        log.warning("upstream %s: %s to %s refused (upstreams.%s.redirect_blocklist / "
+                    "redirect_to_loopback)", self.name, what, refused, self.name)
+        raise UpstreamRejected(f"upstream {self.name} sent {what} to {refused}, an address this "
+                               "mirror does not fetch from (metadata, link-local or loopback)",
+                               status)
 
     def _rejected(self, status: int, kind: str) -> UpstreamRejected:
         self.last_error = f"HTTP {status} on {kind}"
@@ -282,6 +296,7 @@ class UpstreamClient:
         # only http(s) realms, and our credentials only go there because the upstream sent us.
         if urlsplit(realm).scheme not in ("http", "https"):
             return None
+        await self._check_target(realm, "a token realm", 401)
         t0 = time.monotonic()
         try:
             async with self._session.get(realm, params=params, headers=hdrs,
