@@ -9,6 +9,7 @@ them into the JSON body the distribution spec defines, so handlers and the servi
     └── UpstreamError (the upstream failed us: 502/503/504, never a wrong byte)
         ├── UpstreamUnavailable (connection refused/reset, timeout)
         └── UpstreamRejected (unexpected status from the upstream)
+            └── UpstreamAuthFailed (the upstream refused the mirror's own credentials)
     VerificationError (content did not hash to its digest; never reaches a client as data)
 """
 
@@ -120,6 +121,16 @@ class UpstreamRejected(UpstreamError):
     def __init__(self, message: str, upstream_status: int) -> None:
         super().__init__(message)
         self.upstream_status = upstream_status
+
+
+class UpstreamAuthFailed(UpstreamRejected):
+    """The upstream refused the mirror's credentials, or wants some and none are configured.
+    403 DENIED, not 502: clients print the body of a 4xx only (containers/image shows a 5xx as
+    its status line), the operator has to act, and a retry cannot help. Still an UpstreamError:
+    a cached tag is served stale meanwhile."""
+
+    code = "DENIED"
+    status = 403
 
 
 class VerificationError(UpstreamError):

@@ -19,7 +19,12 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from mirror.config import UpstreamConfig
 from mirror.observe.metrics import Metrics
-from mirror.oci.errors import TooManyRequests, UpstreamRejected, UpstreamUnavailable
+from mirror.oci.errors import (
+    TooManyRequests,
+    UpstreamAuthFailed,
+    UpstreamRejected,
+    UpstreamUnavailable,
+)
 from mirror.oci.models import MANIFEST_TYPES, MAX_MANIFEST_SIZE
 from mirror.upstream.auth import Challenge, TokenCache, TokenKey, parse_challenges, pull_scope
 from mirror.upstream.redirects import RedirectPolicy
@@ -79,6 +84,8 @@ class UpstreamClient:
         self.backoff_until = 0.0
         self.last_error: str | None = None
         self.last_ok: float | None = None
+        # Why the upstream refuses our credentials (None: it does not), for the status page.
+        self.auth_error: str | None = None
 
     # -- public API -------------------------------------------------------------------------
 
@@ -112,6 +119,7 @@ class UpstreamClient:
             "last_ok": self.last_ok,
             "last_error": self.last_error,
             "backoff_seconds": max(0.0, self.backoff_until - time.monotonic()),
+            "auth_error": self.auth_error,
         }
 
     # -- internals --------------------------------------------------------------------------
@@ -190,9 +198,14 @@ class UpstreamClient:
             resp.release()
             auth = await self._answer_challenge(challenges, repo)
             if auth is None:
-                raise self._rejected(401, kind)
+                raise self._auth_refused(kind, repo)
             hdrs["Authorization"] = auth
             resp = await self._send(method, url, hdrs, kind)
+            if resp.status == 401 and auth.startswith("Basic "):
+                resp.release()  # Basic: the registry itself judged the password
+                raise self._auth_refused(kind, repo)
+        if auth and resp.status != 401 and resp.status < 500:
+            self._auth_state(None)  # what we sent was accepted
         hops = 0
         while follow and resp.status in (301, 302, 303, 307, 308) and "Location" in resp.headers:
             hops += 1
@@ -225,9 +238,29 @@ class UpstreamClient:
                                "mirror does not fetch from (metadata, link-local or loopback)",
                                status)
 
-    def _rejected(self, status: int, kind: str) -> UpstreamRejected:
-        self.last_error = f"HTTP {status} on {kind}"
-        return UpstreamRejected(f"upstream {self.name} answered {status} for a {kind}", status)
+    def _auth_refused(self, kind: str, repo: str) -> UpstreamAuthFailed:
+        """The upstream wants credentials and refused ours (or we have none)."""
+        self.last_error = f"HTTP 401 on {kind}"
+        if self.config.username:
+            reason = (f"the mirror's credentials for upstream {self.name} (user "
+                      f"{self.config.username}) were refused: check upstreams.{self.name}."
+                      "username and its password")
+        else:
+            reason = (f"upstream {self.name} requires credentials and the mirror has none for "
+                      f"it: set upstreams.{self.name}.username and password_env")
+        self._auth_state(reason)
+        return UpstreamAuthFailed(f"{reason} (while fetching a {kind} of {repo})", 401)
+
+    def _auth_state(self, reason: str | None) -> None:
+        """One log line per change, not per request: a wrong password refuses every pull."""
+        if reason == self.auth_error:
+            return
+        if reason is not None:
+            log.warning("upstream %s: %s", self.name, reason)
+        else:
+            log.info("upstream %s: credentials accepted again", self.name)
+        self.auth_error = reason
+        self._metrics.upstream_auth_failing.labels(self.name).set(0 if reason is None else 1)
 
     async def _send(self, method: str, url: str, headers: CIMultiDict[str],
                     kind: Kind) -> aiohttp.ClientResponse:
@@ -305,9 +338,12 @@ class UpstreamClient:
                     time.monotonic() - t0)
                 self._metrics.upstream_requests.labels(self.name, "token", "GET",
                                                        str(resp.status)).inc()
+                if resp.status in (401, 403):
+                    return None  # the caller reports the refused credentials
                 if resp.status != 200:
-                    log.warning("upstream %s: token endpoint answered %s", self.name, resp.status)
-                    return None
+                    self.last_error = f"HTTP {resp.status} from the token endpoint"
+                    raise UpstreamRejected(f"upstream {self.name}: its token endpoint answered "
+                                           f"{resp.status}", resp.status)
                 doc = await resp.json(content_type=None)
         except (aiohttp.ClientError, TimeoutError, ValueError) as e:
             raise self._unavailable(e) from None
