@@ -105,7 +105,7 @@ class TokenIssuer:
             return web.json_response({"errors": [{"code": "UNAUTHORIZED",
                                                   "message": "bad credentials"}]}, status=401)
         scopes = request.query.getall("scope", [])
-        access = []
+        access: list[dict[str, object]] = []
         for scope in scopes:
             kind, _, rest = scope.partition(":")
             name, _, actions = rest.rpartition(":")
