@@ -48,6 +48,27 @@ async def test_redirect_to_loopback_refused_when_configured(
     assert "refused" in str(status)
 
 
+async def test_token_realm_on_a_refused_address_is_not_asked(
+        aiohttp_client: ClientFactory, make_fake_registry: Callable[..., FakeRegistry],
+        tmp_path: Path) -> None:
+    # The realm is named by the upstream too: credentials would go wherever it points.
+    fake = make_fake_registry(auth="bearer", username="robot", password="pw")
+    fake.add_image("team/app", "1.0", [synthetic_layer("realm", 4)])
+    mirror = await mirror_for(aiohttp_client, fake, tmp_path, redirect_to_loopback=False,
+                              username="robot", password_file=str(_password(tmp_path)))
+    r = await mirror.get("/v2/team/app/manifests/1.0")
+    assert r.status == 502, await r.text()
+    assert "token realm to 127.0.0.1" in (await r.json())["errors"][0]["message"]
+    assert fake.count(kind="token") == 0
+
+
+def _password(tmp_path: Path) -> Path:
+    f = tmp_path / "pw"
+    f.write_text("pw\n")
+    f.chmod(0o600)
+    return f
+
+
 async def test_redirect_to_loopback_followed_for_a_loopback_upstream(
         aiohttp_client: ClientFactory, make_fake_registry: Callable[..., FakeRegistry],
         tmp_path: Path) -> None:
