@@ -98,7 +98,9 @@ def test_make_run_serves_v2_and_the_status_page(tmp_path: Path) -> None:
     assert "metrics: http://127.0.0.1:5000/metrics" in banner
     assert '"registry-mirrors": ["http://127.0.0.1:5000"]' in banner
     assert 'certs.d/<registry>/hosts.toml [host."http://127.0.0.1:5000"]' in banner
-    assert 'location = "127.0.0.1:5000"' in banner
+    # podman: the path names the registry, else ghcr.io pulls would go to Docker Hub
+    assert 'location = "127.0.0.1:5000/<registry>" (e.g. 127.0.0.1:5000/docker.io' in banner
+    assert 'location = "127.0.0.1:5000"' not in banner
 
     assert out["v2"] == [200, "registry/2.0"]
     status, ctype, page = out["/"]

@@ -78,11 +78,24 @@ async def test_client_without_index_support_gets_amd64(mirror: TestClient[Any, A
     assert await r.read() == amd64.manifest
 
 
+async def test_index_by_digest_is_never_rewritten(mirror: TestClient[Any, Any],
+                                                  catalog: Catalog) -> None:
+    # Distribution rewrites an index to its amd64 image only for a tag: a digest answers itself.
+    index = catalog["library/busybox:latest"]
+    for method in ("GET", "HEAD"):
+        r = await mirror.request(method, f"/v2/library/busybox/manifests/{index.digest}",
+                                 headers={"Accept": "application/vnd.docker.distribution.manifest.v2+json"})
+        assert r.status == 200
+        assert r.headers["Docker-Content-Digest"] == index.digest
+        if method == "GET":
+            assert await r.read() == index.manifest
+
+
 async def test_blob_get_head_and_ranges(mirror: TestClient[Any, Any], catalog: Catalog) -> None:
     img = catalog["library/alpine-ish:3.19"]
     layer = img.layers[0]
     url = f"/v2/{img.repo}/blobs/{layer.digest}"
-    r = await mirror.head(url)  # cold HEAD: starts the fetch, answers with the upstream's length
+    r = await mirror.head(url)  # cold HEAD: answered by the upstream's HEAD
     assert r.status == 200
     assert r.headers["Content-Length"] == str(layer.size)
     assert r.headers["Docker-Content-Digest"] == layer.digest
@@ -102,6 +115,31 @@ async def test_blob_get_head_and_ranges(mirror: TestClient[Any, Any], catalog: C
     assert (await r.json())["errors"][0]["code"] == "RANGE_INVALID"
 
 
+async def test_head_of_uncached_blob_is_an_upstream_head(mirror: TestClient[Any, Any],
+                                                         registry_tap: RecordingProxy,
+                                                         catalog: Catalog) -> None:
+    # HEAD says whether and how big; it downloads nothing (a GET that follows does).
+    img = catalog["org/team/app:1.0"]
+    layer = img.layers[0]
+    url = f"/v2/{img.repo}/blobs/{layer.digest}"
+    r = await mirror.head(url)
+    assert r.status == 200
+    assert r.headers["Content-Length"] == str(layer.size)
+    assert r.headers["Docker-Content-Digest"] == layer.digest
+    await asyncio.to_thread(registry_tap.wait_idle)
+    assert [q.method for q in registry_tap.filter(kind="blob")] == ["HEAD"], registry_tap.describe()
+    r = await mirror.head(f"/v2/{img.repo}/blobs/sha256:{'1' * 64}")
+    assert r.status == 404
+    registry_tap.clear()
+    r = await mirror.get(url)
+    assert r.status == 200
+    assert "sha256:" + hashlib.sha256(await r.read()).hexdigest() == layer.digest
+    assert [q.method for q in registry_tap.filter(kind="blob")] == ["GET"]
+    r = await mirror.head(url)  # cached now: no upstream request
+    assert r.status == 200 and r.headers["Content-Length"] == str(layer.size)
+    assert registry_tap.count(kind="blob") == 1
+
+
 async def test_unknown_content_is_404_with_oci_body(mirror: TestClient[Any, Any],
                                                     catalog: Catalog) -> None:
     r = await mirror.get("/v2/library/busybox/manifests/no-such-tag")
@@ -116,12 +154,7 @@ async def test_unknown_content_is_404_with_oci_body(mirror: TestClient[Any, Any]
 
 BAD_REQUESTS = [
     ("GET", "/v2/UPPER/manifests/latest", "NAME_INVALID"),
-    ("GET", "/v2/library/busybox/manifests/bad:digest", "DIGEST_INVALID"),
-    ("GET", "/v2/library/busybox/manifests/sha256:abc", "DIGEST_INVALID"),
-    ("GET", "/v2/library/busybox/blobs/md5:" + "0" * 32, "DIGEST_INVALID"),
-    ("GET", "/v2/library/busybox/blobs/sha256:" + "Z" * 64, "DIGEST_INVALID"),
-    ("GET", "/v2/library/busybox/manifests/" + "t" * 200, "TAG_INVALID"),
-    ("GET", "/v2/library/busybox/manifests/-tag", "TAG_INVALID"),
+    ("GET", "/v2/library/busybox/referrers/sha256:abc", "DIGEST_INVALID"),
     ("GET", "/v2/" + "a/" * 200 + "b/manifests/latest", "NAME_INVALID"),
     ("GET", "/v2/evil.example.com/library/busybox/manifests/latest", "NAME_UNKNOWN"),
     ("GET", "/v2/library/busybox/manifests/latest?ns=evil.example.com", "NAME_UNKNOWN"),
@@ -135,6 +168,33 @@ BAD_REQUESTS = [
     ("DELETE", "/v2/library/busybox/manifests/latest", "UNSUPPORTED"),
     ("PATCH", "/v2/library/busybox/blobs/uploads/x", "UNSUPPORTED"),
 ]
+
+
+# References that name nothing: the spec's end-2 and end-3 fail only with 404 (distribution
+# answers the conformance suite's `.INVALID_MANIFEST_NAME` so), never 400 TAG_INVALID.
+CANNOT_EXIST = [
+    ("/v2/library/busybox/manifests/.INVALID_MANIFEST_NAME", "MANIFEST_UNKNOWN"),
+    ("/v2/library/busybox/manifests/bad:digest", "MANIFEST_UNKNOWN"),
+    ("/v2/library/busybox/manifests/sha256:abc", "MANIFEST_UNKNOWN"),
+    ("/v2/library/busybox/manifests/" + "t" * 200, "MANIFEST_UNKNOWN"),
+    ("/v2/library/busybox/manifests/-tag", "MANIFEST_UNKNOWN"),
+    ("/v2/library/busybox/blobs/md5:" + "0" * 32, "BLOB_UNKNOWN"),
+    ("/v2/library/busybox/blobs/sha256:" + "Z" * 64, "BLOB_UNKNOWN"),
+    ("/v2/library/busybox/blobs/sha256:not-a-digest", "BLOB_UNKNOWN"),
+]
+
+
+@pytest.mark.parametrize("method", ["GET", "HEAD"])
+@pytest.mark.parametrize(("path", "code"), CANNOT_EXIST)
+async def test_reference_that_cannot_exist_is_404_unknown(
+        mirror: TestClient[Any, Any], registry_tap: RecordingProxy, method: str, path: str,
+        code: str) -> None:
+    reply = await asyncio.to_thread(fetch, str(mirror.make_url("/")).rstrip("/") + path, method)
+    assert reply.status == 404, reply.body
+    if method == "GET":
+        assert json.loads(reply.body)["errors"][0]["code"] == code
+    assert reply.header("Docker-Distribution-API-Version") == "registry/2.0"
+    assert registry_tap.count() == 0  # answered without asking the upstream
 
 
 @pytest.mark.parametrize(("method", "path", "code"), BAD_REQUESTS)

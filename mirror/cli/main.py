@@ -64,7 +64,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
               f"  status page: {scheme}://{where}/   metrics: {scheme}://{where}/metrics\n"
               f"  dockerd:    daemon.json {{\"registry-mirrors\": [\"{scheme}://{where}\"]}}\n"
               f"  containerd: certs.d/<registry>/hosts.toml [host.\"{scheme}://{where}\"]\n"
-              f"  podman:     registries.conf [[registry.mirror]] location = \"{where}\"",
+              # The path names the registry: a bare host:port would send every registry's
+              # pulls to the default upstream (ghcr.io images looked up on Docker Hub).
+              f"  podman:     registries.conf [[registry.mirror]] location = \"{where}/<registry>\""
+              f" (e.g. {where}/docker.io; `mirror client-config` writes them all)",
               flush=True)
 
     sock = socket.socket(socket.AF_INET6 if ":" in config.listen_host else socket.AF_INET)

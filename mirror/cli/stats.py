@@ -76,9 +76,11 @@ def render(d: dict[str, Any], base: str, now: float | None = None) -> str:
         limit = f"{fmt_int(rl)} pulls left" if rl is not None else f"rate limit {DASH}"
         if u["backoff_seconds"]:
             limit += f", backing off {fmt_duration(u['backoff_seconds'])}"
-        out.append(f"  {u['name']:<20} {u['state']:<8} {limit:<24} saved "
+        out.append(f"  {u['name']:<20} {u['state']:<11} {limit:<24} saved "
                    f"{fmt_bytes(u['saved_bytes']):<10} last answer {fmt_ago(u['last_ok'], now)}")
-        if u.get("last_error"):
+        if u.get("auth_error"):  # the cause to fix, whatever failed last
+            out.append(f"  {'':<20} authentication failing: {u['auth_error']}")
+        elif u.get("last_error"):
             out.append(f"  {'':<20} last error: {u['last_error']}")
     out += ["", "most pulled images"]
     if not d["top_images"]:

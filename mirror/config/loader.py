@@ -5,6 +5,7 @@ line per problem, so `mirror check-config` can print them all at once."""
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Mapping
 from importlib import resources
@@ -15,6 +16,7 @@ from urllib.parse import urlsplit
 import yaml
 
 from mirror.config.model import (
+    DEFAULT_REDIRECT_BLOCKLIST,
     MAX_WORKERS,
     CacheConfig,
     Config,
@@ -48,7 +50,8 @@ def _upstream(reader: _Reader, name: str, raw: Any) -> UpstreamConfig | None:
         raw = {"url": raw}
     sec = reader.section(raw, path, {"url", "username", "password_env", "password_file",
                                      "password", "aliases", "max_concurrent_fetches",
-                                     "connect_timeout", "read_timeout"})
+                                     "connect_timeout", "read_timeout",
+                                     "redirect_blocklist", "redirect_to_loopback"})
     url = _url(reader, f"{path}.url", sec.get("url"), ("http", "https"))
     username = reader.get(sec, "username", f"{path}.username", str, None)
     password = _password(reader, sec, path)
@@ -64,9 +67,27 @@ def _upstream(reader: _Reader, name: str, raw: Any) -> UpstreamConfig | None:
         reader.problem(f"{path}.max_concurrent_fetches", "must be at least 1")
     connect = reader.convert(sec, "connect_timeout", f"{path}.connect_timeout", parse_duration, 10.0)
     read = reader.convert(sec, "read_timeout", f"{path}.read_timeout", parse_duration, 60.0)
+    blocklist = _networks(reader, sec.get("redirect_blocklist", list(DEFAULT_REDIRECT_BLOCKLIST)),
+                          f"{path}.redirect_blocklist")
+    to_loopback = reader.get(sec, "redirect_to_loopback", f"{path}.redirect_to_loopback", bool,
+                             None)
     if url is None:
         return None
-    return UpstreamConfig(name, url, username, password, aliases, max(limit, 1), connect, read)
+    return UpstreamConfig(name, url, username, password, aliases, max(limit, 1), connect, read,
+                          blocklist, to_loopback)
+
+
+def _networks(reader: _Reader, raw: Any, path: str) -> tuple[str, ...]:
+    if not isinstance(raw, list) or not all(isinstance(n, str) for n in raw):
+        reader.problem(path, "must be a list of networks, e.g. [169.254.0.0/16, fd00:ec2::254/128]")
+        return DEFAULT_REDIRECT_BLOCKLIST
+    out: list[str] = []
+    for n in raw:
+        try:
+            out.append(str(ipaddress.ip_network(n, strict=False)))
+        except ValueError:
+            reader.problem(path, f"{n!r} is not an IP network (address/prefix)")
+    return tuple(out)
 
 
 def _object_store(reader: _Reader, raw: Any) -> ObjectStoreConfig | None:

@@ -33,6 +33,11 @@ class Secret:
         return hash(self._value)
 
 
+# Redirects and token realms an upstream names are never followed into these: link-local
+# (169.254.169.254 is the cloud metadata service) and the EC2 IPv6 metadata address.
+DEFAULT_REDIRECT_BLOCKLIST = ("169.254.0.0/16", "fd00:ec2::254/128")
+
+
 @dataclass(frozen=True)
 class UpstreamConfig:
     name: str
@@ -43,6 +48,9 @@ class UpstreamConfig:
     max_concurrent_fetches: int = 8
     connect_timeout: float = 10.0
     read_timeout: float = 60.0
+    redirect_blocklist: tuple[str, ...] = DEFAULT_REDIRECT_BLOCKLIST
+    # None: loopback targets only when the upstream itself is on loopback.
+    redirect_to_loopback: bool | None = None
 
     @property
     def is_docker_hub(self) -> bool:

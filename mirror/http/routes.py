@@ -19,8 +19,15 @@ from mirror.http.responses import (
     stream_fetch,
 )
 from mirror.observe.record import PullRecord, record_of
-from mirror.oci.apipath import API_VERSION_HEADER, parse_api_path
-from mirror.oci.errors import MirrorError, Unsupported
+from mirror.oci.apipath import API_VERSION_HEADER, next_link, parse_api_path
+from mirror.oci.errors import (
+    BlobUnknown,
+    DigestInvalid,
+    ManifestUnknown,
+    MirrorError,
+    TagInvalid,
+    Unsupported,
+)
 from mirror.oci.models import Digest, Reference, parse_accept_lines, parse_range
 from mirror.oci.routing import Route
 from mirror.pull.service import PassThrough
@@ -52,11 +59,12 @@ async def v2_api(request: web.Request) -> web.StreamResponse:
     if api.kind == "tags":
         rec.kind = "tags"
         return await _passthrough(request, await request.app[SERVICE].tags_list(
-            route.upstream, route.repo, _query_without_ns(request)), headers, "tag", route)
+            route.upstream, route.repo, _query_without_ns(request)), headers, "tags", route)
     digest = Digest.parse(api.ref)
     rec.kind = "referrers"
     return await _passthrough(request, await request.app[SERVICE].referrers(
-        route.upstream, route.repo, digest, _query_without_ns(request)), headers, "tag", route)
+        route.upstream, route.repo, digest, _query_without_ns(request)), headers, "referrers",
+        route)
 
 
 def _query_without_ns(request: web.Request) -> str:
@@ -68,18 +76,27 @@ async def _passthrough(request: web.Request, answer: PassThrough, headers: dict[
                        kind: str, route: Route) -> web.Response:
     if answer.content_type:
         headers["Content-Type"] = answer.content_type
-    if answer.link:
-        headers["Link"] = answer.link
+    # Pagination goes on along the client's own route (prefix or ns), never the upstream's path.
+    link = next_link(answer.link, request.rel_url.raw_path, request.query.get("ns"),
+                     ("n", "last") if kind == "tags" else None)
+    if link:
+        headers["Link"] = link
     result = answer.result if answer.status == 200 else "error"
     rec = record_of(request)
     rec.result, rec.bytes = result, len(answer.body) if request.method == "GET" else 0
-    request.app[METRICS].requests.labels(route.upstream, kind, result).inc()
+    request.app[METRICS].requests.labels(route.upstream, "tag", result).inc()
     return web.Response(status=answer.status, body=answer.body, headers=headers)
 
 
 async def _manifest(request: web.Request, route: Route, ref_text: str,
                     headers: dict[str, str]) -> web.Response:
-    ref = Reference.parse(ref_text)
+    try:
+        ref = Reference.parse(ref_text)
+    except (TagInvalid, DigestInvalid):
+        # The spec's end-3 fails only with 404: a reference that is neither a tag nor a digest
+        # names no manifest (distribution answers `.INVALID_MANIFEST_NAME` so). No upstream asked.
+        raise ManifestUnknown(f"manifest unknown: {ref_text[:140]!r} is neither a tag nor a "
+                              "digest") from None
     metrics = request.app[METRICS]
     rec = record_of(request)
     rec.kind = "manifest"
@@ -111,12 +128,24 @@ async def _manifest(request: web.Request, route: Route, ref_text: str,
 
 async def _blob(request: web.Request, route: Route, ref_text: str,
                 headers: dict[str, str]) -> web.StreamResponse:
-    digest = Digest.parse(ref_text)
+    try:
+        digest = Digest.parse(ref_text)
+    except DigestInvalid as e:
+        # The spec's end-2 fails only with 404: no blob has a malformed name. No upstream asked.
+        raise BlobUnknown(f"blob unknown: {e.message}") from None
     service = request.app[SERVICE]
     metrics = request.app[METRICS]
     rec = record_of(request)
     rec.kind, rec.digest = "blob", str(digest)
     try:
+        if request.method == "HEAD":
+            # Uncached: one upstream HEAD answers, nothing is downloaded (a GET that follows does).
+            size = await service.blob_size(route.upstream, route.repo, digest)
+            if size is not None:
+                rec.result = "miss"
+                metrics.requests.labels(route.upstream, "blob", "miss").inc()
+                status, _, _ = _blob_headers(request, digest, size, headers)
+                return web.Response(status=status, headers=headers)
         handle = await service.open_blob(route.upstream, route.repo, digest)
     except MirrorError:
         metrics.requests.labels(route.upstream, "blob", "error").inc()
@@ -138,22 +167,9 @@ async def _blob(request: web.Request, route: Route, ref_text: str,
             return await _stream_uncached(request, body.stream, handle.size, digest, headers, rec)
         size = handle.size
         assert size is not None
-        rng = parse_range(request.headers.get("Range"), size) if size else None
-        start, end = rng if rng is not None else (0, size - 1)
-        headers.update({
-            "Docker-Content-Digest": str(digest),
-            "Content-Type": "application/octet-stream",
-            "Accept-Ranges": "bytes",
-            "ETag": f'"{digest}"',
-            "Cache-Control": "max-age=31536000",
-        })
-        status = 200
-        if rng is not None:
-            status = 206
-            headers["Content-Range"] = f"bytes {start}-{end}/{size}"
+        status, start, end = _blob_headers(request, digest, size, headers)
         count = end - start + 1 if size else 0
         if request.method == "HEAD":
-            headers["Content-Length"] = str(count)
             return web.Response(status=status, headers=headers)
         match body:
             case CommittedFile():
@@ -193,6 +209,28 @@ async def _blob(request: web.Request, route: Route, ref_text: str,
         return resp
     finally:
         service.release_blob(handle)  # closes what the response did not take
+
+
+def _blob_headers(request: web.Request, digest: Digest, size: int,
+                  headers: dict[str, str]) -> tuple[int, int, int]:
+    """Status, first and last byte for a blob of `size` bytes; fills `headers` (a HEAD's
+    Content-Length too)."""
+    rng = parse_range(request.headers.get("Range"), size) if size else None
+    start, end = rng if rng is not None else (0, size - 1)
+    headers.update({
+        "Docker-Content-Digest": str(digest),
+        "Content-Type": "application/octet-stream",
+        "Accept-Ranges": "bytes",
+        "ETag": f'"{digest}"',
+        "Cache-Control": "max-age=31536000",
+    })
+    status = 200
+    if rng is not None:
+        status = 206
+        headers["Content-Range"] = f"bytes {start}-{end}/{size}"
+    if request.method == "HEAD":
+        headers["Content-Length"] = str(end - start + 1 if size else 0)
+    return status, start, end
 
 
 async def _stream_uncached(request: web.Request, body: AsyncIterator[bytes], size: int | None,

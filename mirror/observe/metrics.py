@@ -199,6 +199,10 @@ class Metrics:
         self.upstream_up = Gauge(
             "mirror_upstream_up", "1 if the last request to the upstream got an HTTP answer",
             ["upstream"], registry=r, multiprocess_mode="livemostrecent")
+        self.upstream_auth_failing = Gauge(
+            "mirror_upstream_auth_failing", "1 while the upstream refuses the mirror's "
+            "credentials (or wants some and none are configured)", ["upstream"], registry=r,
+            multiprocess_mode="livemostrecent")
         self._backoff_until: dict[str, float] = {}  # upstream -> time.monotonic() deadline
         self.prefetches = Counter(
             "mirror_prefetches", "Blobs and child manifests fetched ahead of the client",

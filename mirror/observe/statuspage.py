@@ -135,7 +135,8 @@ def _upstreams(d: dict[str, Any], now: float) -> str:
                  else f'{_num(f"ratelimit-{name}", None, DASH)}')
         if u["backoff_seconds"]:
             limit += f' · backing off {fmt_duration(u["backoff_seconds"])}'
-        err = escape(u["last_error"] or "")
+        # A refused credential is the cause to fix, whatever failed last.
+        err = escape(u.get("auth_error") or u["last_error"] or "")
         rows.append(
             f'<tr data-upstream="{name}"><th scope="row"><span class="dot s-{u["state"]}">'
             f'</span>{name}<div class="sub">{escape(u["url"] or "")}</div></th>'

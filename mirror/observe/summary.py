@@ -50,15 +50,18 @@ def _upstreams(m: Metrics, names: list[str], runtime: list[dict[str, Any]],
     facts = {str(u.get("name")): u for u in runtime}
     up, remaining = sum_by(m.upstream_up, "upstream"), sum_by(m.ratelimit_remaining, "upstream")
     served, fetched = sum_by(m.bytes_served, "upstream"), sum_by(m.upstream_bytes, "upstream")
+    auth_failing = sum_by(m.upstream_auth_failing, "upstream")
     out = []
     for name in names:
         doc: dict[str, Any] = {"name": name, "url": None, "last_ok": None, "last_error": None,
-                               "backoff_seconds": 0.0, **facts.get(name, {})}
+                               "backoff_seconds": 0.0, "auth_error": None, **facts.get(name, {})}
         state = up.get(name)
         doc["state"] = ("offline" if offline else "unknown" if state is None
                         else "up" if state else "down")
         if doc["backoff_seconds"]:
             doc["state"] = "backoff"
+        if auth_failing.get(name):  # from the metric: any worker's requests count
+            doc["state"] = "auth-failed"
         doc["ratelimit_remaining"] = int(remaining[name]) if name in remaining else None
         doc["served_bytes"] = int(served.get(name, 0))
         doc["fetched_bytes"] = int(fetched.get(name, 0))

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Literal
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from mirror.oci.errors import NameInvalid, Unsupported
 
@@ -17,6 +19,7 @@ _OBJECT_RE = re.compile(r"^(?P<name>.+)/(?P<kind>manifests|blobs|referrers)/(?P<
 _TAGS_RE = re.compile(r"^(?P<name>.+)/tags/list$")
 
 Kind = Literal["manifests", "blobs", "referrers", "tags"]
+_NEXT_RE = re.compile(r'<([^>]*)>\s*;\s*rel="?next"?', re.IGNORECASE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,3 +42,21 @@ def parse_api_path(tail: str) -> ApiPath:
     if "/blobs/uploads" in tail or tail.endswith("/blobs/uploads/"):
         raise Unsupported("this is a read-only pull-through mirror: pushes are not accepted")
     raise NameInvalid("not an OCI distribution API path")
+
+
+def next_link(upstream_link: str | None, client_path: str, ns: str | None,
+              keep: Collection[str] | None = None) -> str | None:
+    """The upstream's `rel="next"` Link, rebuilt on the route the client used: its path (a
+    registry prefix stays) and its `ns`. The upstream's own path names the repository as the
+    upstream knows it, so a client following it verbatim reaches the default upstream.
+    Only the parameters in `keep` are carried (all but `ns` when None)."""
+    if not upstream_link:
+        return None
+    m = _NEXT_RE.search(upstream_link)
+    if m is None:
+        return None
+    pairs = [(k, v) for k, v in parse_qsl(urlsplit(m.group(1)).query, keep_blank_values=True)
+             if k != "ns" and (keep is None or k in keep)]
+    if ns is not None:
+        pairs.append(("ns", ns))
+    return f'<{client_path}?{urlencode(pairs)}>; rel="next"'

@@ -5,9 +5,11 @@ them into the JSON body the distribution spec defines, so handlers and the servi
     ├── ClientError (4xx: the request itself is wrong or asks for what does not exist)
     │   ├── NameInvalid, NameUnknown, DigestInvalid, TagInvalid, RangeNotSatisfiable
     │   ├── ManifestUnknown, BlobUnknown, Unsupported, Unauthorized, Denied, TooManyRequests
+    │   ├── ManifestUnsupported (the upstream has it only as Docker schema 1)
     └── UpstreamError (the upstream failed us: 502/503/504, never a wrong byte)
         ├── UpstreamUnavailable (connection refused/reset, timeout)
         └── UpstreamRejected (unexpected status from the upstream)
+            └── UpstreamAuthFailed (the upstream refused the mirror's own credentials)
     VerificationError (content did not hash to its digest; never reaches a client as data)
 """
 
@@ -67,6 +69,13 @@ class ManifestUnknown(ClientError):
     status = 404
 
 
+class ManifestUnsupported(ClientError):
+    """What the upstream holds is a format the mirror cannot serve verified (Docker schema 1):
+    asking again cannot help, so a 4xx and never a 502 the client would retry."""
+
+    code = "MANIFEST_INVALID"
+
+
 class BlobUnknown(ClientError):
     code = "BLOB_UNKNOWN"
     status = 404
@@ -112,6 +121,16 @@ class UpstreamRejected(UpstreamError):
     def __init__(self, message: str, upstream_status: int) -> None:
         super().__init__(message)
         self.upstream_status = upstream_status
+
+
+class UpstreamAuthFailed(UpstreamRejected):
+    """The upstream refused the mirror's credentials, or wants some and none are configured.
+    403 DENIED, not 502: clients print the body of a 4xx only (containers/image shows a 5xx as
+    its status line), the operator has to act, and a retry cannot help. Still an UpstreamError:
+    a cached tag is served stale meanwhile."""
+
+    code = "DENIED"
+    status = 403
 
 
 class VerificationError(UpstreamError):

@@ -21,14 +21,15 @@ MT_OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 INDEX_TYPES = frozenset({MT_DOCKER_LIST, MT_OCI_INDEX})
 IMAGE_MANIFEST_TYPES = frozenset({MT_DOCKER_MANIFEST, MT_OCI_MANIFEST})
 # Everything we ask an upstream for, so we can store the exact bytes and negotiate locally.
+# Not Docker schema 1: its digest is over the payload without the JWS signatures, so the bytes
+# served can never verify against it (SCHEMA1_TYPES are refused with a clear error instead).
 MANIFEST_TYPES: tuple[str, ...] = (
     MT_OCI_INDEX,
     MT_DOCKER_LIST,
     MT_OCI_MANIFEST,
     MT_DOCKER_MANIFEST,
-    MT_DOCKER_V1_SIGNED,
-    MT_DOCKER_V1,
 )
+SCHEMA1_TYPES = frozenset({MT_DOCKER_V1, MT_DOCKER_V1_SIGNED})
 
 MAX_NAME_LENGTH = 255
 MAX_MANIFEST_SIZE = 4 * 1024 * 1024  # distribution's limit; a bigger "manifest" is an attack

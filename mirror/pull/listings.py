@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, replace
+from urllib.parse import parse_qsl, urlencode
 
 from cachetools import TTLCache
 
@@ -37,22 +38,34 @@ class Listings:
             return replace(cached, result="hit")
         client = self.client_for(upstream)
         if client is None:
-            return replace(self._from_index(upstream, repo), result="hit")
+            return replace(self._from_index(upstream, repo, query), result="hit")
         try:
             doc = await client.get_tags(repo, query)
         except (UpstreamError, TooManyRequests):
-            return replace(self._from_index(upstream, repo), result="stale")
+            return replace(self._from_index(upstream, repo, query), result="stale")
         answer = PassThrough(doc.status, content_type(doc), doc.body, doc.headers.get("Link"))
         if doc.status == 200:
             self._lists[key] = answer
         return answer
 
-    def _from_index(self, upstream: str, repo: str) -> PassThrough:
+    def _from_index(self, upstream: str, repo: str, query: str) -> PassThrough:
+        """The tags this mirror knows, paginated by the spec's `n` and `last` (lexical order,
+        `last` excluded, no Link for n=0 or the last page)."""
         names = sorted(t for (u, r, t, _) in self.tags.all() if u == upstream and r == repo)
         if not names:
             raise NameUnknown(f"repository {repo} is not known to this mirror")
+        params = dict(parse_qsl(query))
+        last = params.get("last")
+        if last:
+            names = [t for t in names if t > last]
+        link = None
+        n = params.get("n", "")
+        if n.isdigit() and len(names) > int(n):
+            names = names[:int(n)]
+            if names:  # the route rebuilds it on the client's path (oci.apipath.next_link)
+                link = f'</v2/{repo}/tags/list?{urlencode({"n": n, "last": names[-1]})}>; rel="next"'
         body = json.dumps({"name": repo, "tags": names}).encode()
-        return PassThrough(200, "application/json", body)
+        return PassThrough(200, "application/json", body, link)
 
     async def referrers(self, upstream: str, repo: str, digest: Digest, query: str) -> PassThrough:
         client = self.client_for(upstream)

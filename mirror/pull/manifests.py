@@ -13,8 +13,13 @@ from cachetools import LRUCache
 from mirror.fetch.coalesce import SingleFlight
 from mirror.fetch.shared import SharedDownloads
 from mirror.observe.metrics import Metrics
-from mirror.oci.errors import ManifestUnknown, UpstreamRejected, VerificationError
-from mirror.oci.models import Digest, manifest_media_type
+from mirror.oci.errors import (
+    ManifestUnknown,
+    ManifestUnsupported,
+    UpstreamRejected,
+    VerificationError,
+)
+from mirror.oci.models import SCHEMA1_TYPES, Digest, manifest_media_type
 from mirror.store.disk import DiskTier
 from mirror.store.tiered import TieredStore
 from mirror.upstream.client import Document, UpstreamClient
@@ -111,6 +116,14 @@ class ManifestStore:
         body = doc.body
         # Counted before verification: bytes that fail to verify still crossed the link.
         self.metrics.upstream_bytes.labels(client.name).inc(len(body))
+        media_type = manifest_media_type(body, content_type(doc))
+        if media_type in SCHEMA1_TYPES:
+            # Old registries answer schema 1 whatever we accept. Its digest is over the payload
+            # without the signatures: it can never verify, and a 502 would only be retried.
+            raise ManifestUnsupported(
+                f"{repo}:{ref} is a Docker schema 1 manifest on upstream {client.name}; schema 1 "
+                "is deprecated and not served by this mirror: push the image again with a "
+                "current client (Docker schema 2 or OCI)")
         if want is not None:
             digest = Digest.of(body, want.algorithm)
             if digest != want:
@@ -123,7 +136,6 @@ class ManifestStore:
                 self.metrics.verify_failures.labels(client.name, "manifest").inc()
                 raise VerificationError(f"upstream said {claimed} for {repo}:{ref}, body hashes to "
                                         f"{digest}")
-        media_type = manifest_media_type(body, content_type(doc))
         m = Manifest(digest, media_type, body)
         if self.tier.entry(digest) is None:
             try:

@@ -16,7 +16,7 @@ from cachetools import LRUCache
 from mirror.config import Config
 from mirror.fetch.blobs import BlobFetcher, BlobHandle
 from mirror.observe.metrics import Metrics
-from mirror.oci.errors import BlobUnknown, ManifestUnknown, MirrorError
+from mirror.oci.errors import BlobUnknown, ManifestUnknown, MirrorError, UpstreamRejected
 from mirror.oci.models import (
     DEFAULT_PLATFORM,
     INDEX_TYPES,
@@ -72,8 +72,9 @@ class PullService:
             answer = await self.tags.resolve(upstream, repo, ref.tag)
         m = answer.manifest
         self._link(upstream, repo, m)
-        if m.media_type in INDEX_TYPES and not accepts(accept, m.media_type):
-            # Like distribution: a client that cannot read an index gets the linux/amd64 image.
+        if ref.tag is not None and m.media_type in INDEX_TYPES and not accepts(accept, m.media_type):
+            # Like distribution: a client that cannot read an index gets the linux/amd64 image
+            # for a tag. A digest names those bytes and no others: it is answered as it is.
             child = select_platform(parse_manifest(m.body, m.media_type), DEFAULT_PLATFORM)
             if child is None:
                 raise ManifestUnknown(f"{repo}:{ref} is an index without a linux/amd64 image, and "
@@ -156,6 +157,26 @@ class PullService:
             self.tier.touch(digest)
             return hit
         return await self.blobs.open(self.client(upstream), repo, digest)
+
+    async def blob_size(self, upstream: str, repo: str, digest: Digest) -> int | None:
+        """A HEAD's answer without downloading: the cold tier's or the upstream's size (a GET
+        that follows fetches). None when the hot tier has the blob, or offline: open_blob then."""
+        await self._require_link(upstream, repo, digest, "blob")
+        client = self.client(upstream)
+        if client is None or self.config.offline or self.tier.entry(digest) is not None:
+            return None
+        if self.blobs.tiers is not None:
+            size = await self.blobs.tiers.size(digest)
+            if size is not None:
+                return size
+        doc = await client.head_blob(repo, str(digest))
+        if doc.status == 404:
+            raise BlobUnknown(f"blob {digest} not found in {repo} upstream")
+        if doc.status != 200:
+            raise UpstreamRejected(f"upstream {upstream} answered {doc.status} for a HEAD of blob "
+                                   f"{digest}", doc.status)
+        length = doc.headers.get("Content-Length", "")
+        return int(length) if length.isdigit() else None  # no length: the download tells
 
     def release_blob(self, handle: BlobHandle) -> None:
         self.blobs.release(handle)

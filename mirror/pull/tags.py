@@ -95,17 +95,22 @@ class TagResolver:
             if current is not None:
                 self.tags.confirm(upstream, repo, tag, known)
                 return current, "hit"
-        if head_digest:
-            try:
-                digest = Digest.parse(head_digest)
-            except MirrorError:
-                digest = None
-            if digest is not None:
-                fetched = self.manifests.cached(digest) or await self.manifests.fetch(
-                    client, repo, str(digest), digest)
-                self._record(upstream, repo, tag, fetched)
-                return fetched, "miss"
-        return await self._fetch(client, repo, tag), "miss"
+        try:
+            digest = Digest.parse(head_digest) if head_digest else None
+        except MirrorError:
+            digest = None
+        try:
+            if digest is None:
+                return await self._fetch(client, repo, tag), "miss"
+            fetched = self.manifests.cached(digest) or await self.manifests.fetch(
+                client, repo, str(digest), digest)
+        except (UpstreamError, TooManyRequests) as e:
+            # The tag moved but its GET failed (Docker Hub counts GETs, not HEADs: a 429 comes
+            # here; or a 5xx, a timeout, bytes that did not verify): the image the client had
+            # is still the best answer within max_stale.
+            return self._stale(upstream, repo, tag, known, e)
+        self._record(upstream, repo, tag, fetched)
+        return fetched, "miss"
 
     def _stale(self, upstream: str, repo: str, tag: str, known: TagRecord,
                error: MirrorError) -> tuple[Manifest, Result]:

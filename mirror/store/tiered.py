@@ -218,6 +218,10 @@ class TieredStore:
         self.marks.mark_used(digest)
         return m
 
+    async def size(self, digest: Digest) -> int | None:
+        """The cold copy's size (a HEAD's answer), or None."""
+        return await self._ask(self.cold.stat(digest), f"lookup of {digest}")
+
     async def tag(self, upstream: str, repo: str, tag: str) -> dict[str, object] | None:
         return await self._ask(self.cold.get_tag(upstream, repo, tag),
                                f"read of tag {upstream}/{repo}:{tag}")

@@ -19,9 +19,15 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from mirror.config import UpstreamConfig
 from mirror.observe.metrics import Metrics
-from mirror.oci.errors import TooManyRequests, UpstreamRejected, UpstreamUnavailable
+from mirror.oci.errors import (
+    TooManyRequests,
+    UpstreamAuthFailed,
+    UpstreamRejected,
+    UpstreamUnavailable,
+)
 from mirror.oci.models import MANIFEST_TYPES, MAX_MANIFEST_SIZE
 from mirror.upstream.auth import Challenge, TokenCache, TokenKey, parse_challenges, pull_scope
+from mirror.upstream.redirects import RedirectPolicy
 
 log = logging.getLogger("mirror.upstream")
 
@@ -70,6 +76,7 @@ class UpstreamClient:
         self._session = session
         self._metrics = metrics
         self._tokens = TokenCache()
+        self._redirects = RedirectPolicy.of(config)
         self._token_fetches: dict[TokenKey, asyncio.Future[str | None]] = {}
         # The last challenge seen: lets us attach credentials up front instead of paying a 401
         # round trip on every new repository.
@@ -77,6 +84,8 @@ class UpstreamClient:
         self.backoff_until = 0.0
         self.last_error: str | None = None
         self.last_ok: float | None = None
+        # Why the upstream refuses our credentials (None: it does not), for the status page.
+        self.auth_error: str | None = None
 
     # -- public API -------------------------------------------------------------------------
 
@@ -110,6 +119,7 @@ class UpstreamClient:
             "last_ok": self.last_ok,
             "last_error": self.last_error,
             "backoff_seconds": max(0.0, self.backoff_until - time.monotonic()),
+            "auth_error": self.auth_error,
         }
 
     # -- internals --------------------------------------------------------------------------
@@ -188,9 +198,14 @@ class UpstreamClient:
             resp.release()
             auth = await self._answer_challenge(challenges, repo)
             if auth is None:
-                raise self._rejected(401, kind)
+                raise self._auth_refused(kind, repo)
             hdrs["Authorization"] = auth
             resp = await self._send(method, url, hdrs, kind)
+            if resp.status == 401 and auth.startswith("Basic "):
+                resp.release()  # Basic: the registry itself judged the password
+                raise self._auth_refused(kind, repo)
+        if auth and resp.status != 401 and resp.status < 500:
+            self._auth_state(None)  # what we sent was accepted
         hops = 0
         while follow and resp.status in (301, 302, 303, 307, 308) and "Location" in resp.headers:
             hops += 1
@@ -199,6 +214,7 @@ class UpstreamClient:
                 raise UpstreamRejected(f"upstream {self.name}: too many redirects", resp.status)
             target = urljoin(str(resp.url), resp.headers["Location"])
             resp.release()
+            await self._check_target(target, "a redirect", resp.status)
             # Redirect targets (CDNs with signed URLs) never see our credentials, and the
             # redirect itself is never cached: the signature expires.
             hdrs.pop("Authorization", None)
@@ -211,9 +227,40 @@ class UpstreamClient:
             raise TooManyRequests(f"upstream {self.name} answered 429; backing off {wait:.0f}s")
         return resp
 
-    def _rejected(self, status: int, kind: str) -> UpstreamRejected:
-        self.last_error = f"HTTP {status} on {kind}"
-        return UpstreamRejected(f"upstream {self.name} answered {status} for a {kind}", status)
+    async def _check_target(self, url: str, what: str, status: int) -> None:
+        refused = await self._redirects.refused(url)
+        if refused is None:
+            return
+        self.last_error = f"{what} to {refused} refused"
+        log.warning("upstream %s: %s to %s refused (upstreams.%s.redirect_blocklist / "
+                    "redirect_to_loopback)", self.name, what, refused, self.name)
+        raise UpstreamRejected(f"upstream {self.name} sent {what} to {refused}, an address this "
+                               "mirror does not fetch from (metadata, link-local or loopback)",
+                               status)
+
+    def _auth_refused(self, kind: str, repo: str) -> UpstreamAuthFailed:
+        """The upstream wants credentials and refused ours (or we have none)."""
+        self.last_error = f"HTTP 401 on {kind}"
+        if self.config.username:
+            reason = (f"the mirror's credentials for upstream {self.name} (user "
+                      f"{self.config.username}) were refused: check upstreams.{self.name}."
+                      "username and its password")
+        else:
+            reason = (f"upstream {self.name} requires credentials and the mirror has none for "
+                      f"it: set upstreams.{self.name}.username and password_env")
+        self._auth_state(reason)
+        return UpstreamAuthFailed(f"{reason} (while fetching a {kind} of {repo})", 401)
+
+    def _auth_state(self, reason: str | None) -> None:
+        """One log line per change, not per request: a wrong password refuses every pull."""
+        if reason == self.auth_error:
+            return
+        if reason is not None:
+            log.warning("upstream %s: %s", self.name, reason)
+        else:
+            log.info("upstream %s: credentials accepted again", self.name)
+        self.auth_error = reason
+        self._metrics.upstream_auth_failing.labels(self.name).set(0 if reason is None else 1)
 
     async def _send(self, method: str, url: str, headers: CIMultiDict[str],
                     kind: Kind) -> aiohttp.ClientResponse:
@@ -282,6 +329,7 @@ class UpstreamClient:
         # only http(s) realms, and our credentials only go there because the upstream sent us.
         if urlsplit(realm).scheme not in ("http", "https"):
             return None
+        await self._check_target(realm, "a token realm", 401)
         t0 = time.monotonic()
         try:
             async with self._session.get(realm, params=params, headers=hdrs,
@@ -290,9 +338,12 @@ class UpstreamClient:
                     time.monotonic() - t0)
                 self._metrics.upstream_requests.labels(self.name, "token", "GET",
                                                        str(resp.status)).inc()
+                if resp.status in (401, 403):
+                    return None  # the caller reports the refused credentials
                 if resp.status != 200:
-                    log.warning("upstream %s: token endpoint answered %s", self.name, resp.status)
-                    return None
+                    self.last_error = f"HTTP {resp.status} from the token endpoint"
+                    raise UpstreamRejected(f"upstream {self.name}: its token endpoint answered "
+                                           f"{resp.status}", resp.status)
                 doc = await resp.json(content_type=None)
         except (aiohttp.ClientError, TimeoutError, ValueError) as e:
             raise self._unavailable(e) from None

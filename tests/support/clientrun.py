@@ -75,7 +75,8 @@ class E2EMirror:
 
     def __init__(self, catalog: Catalog, workdir: Path, dead_port: int,
                  more_upstreams: Mapping[str, str] | None = None,
-                 extra: Mapping[str, Any] | None = None) -> None:
+                 extra: Mapping[str, Any] | None = None,
+                 upstream_settings: Mapping[str, Mapping[str, Any]] | None = None) -> None:
         self.catalog = catalog
         self.workdir = workdir
         self.dead_port = dead_port
@@ -86,6 +87,8 @@ class E2EMirror:
         self.upstream_tap = self.upstream_taps["docker.io"]
         raw = mirror_config({n: t.url for n, t in self.upstream_taps.items()}, workdir / "cache",
                             **(extra or {}))
+        for name, settings in (upstream_settings or {}).items():  # e.g. credentials
+            raw["upstreams"][name].update(settings)
         self.proc = MirrorProcess(raw, workdir=workdir)
         self.config = parse_config(raw, env={}, base=workdir)
         self.client_tap: RecordingProxy | None = None
@@ -142,11 +145,13 @@ class E2EMirror:
 @contextmanager
 def e2e_mirror(catalog: Catalog, dead_port: int, workdir: Path,
                more_upstreams: Mapping[str, str] | None = None,
-               extra: Mapping[str, Any] | None = None) -> Iterator[E2EMirror]:
+               extra: Mapping[str, Any] | None = None,
+               upstream_settings: Mapping[str, Mapping[str, Any]] | None = None
+               ) -> Iterator[E2EMirror]:
     """A mirror for docker.io (the session registry) and, optionally, more registries, with
     its config (plus `extra` top-level sections), cache and log under `workdir` (a pytest temp
     dir: kept for a look after a failure, removed by pytest a few runs later)."""
-    m = E2EMirror(catalog, workdir, dead_port, more_upstreams, extra)
+    m = E2EMirror(catalog, workdir, dead_port, more_upstreams, extra, upstream_settings)
     try:
         yield m.start()
     finally:

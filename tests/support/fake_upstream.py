@@ -61,6 +61,8 @@ class FakeRegistry(Recorder):
     rate_limit: send ratelimit-limit/-remaining on manifest responses; each manifest GET
       uses one unit (HEAD is free, as on Docker Hub); at 0, manifest GETs get 429.
     referrers: serve the OCI referrers API (else it answers 404, like older registries).
+    tags_page: tag lists are paginated (n/last, Link rel="next") at this many tags even when
+      the client sends no `n`, as ghcr.io and Docker Hub do.
     Blobs are global: any repository name serves any added blob. Read-only (no push API).
     """
 
@@ -75,6 +77,7 @@ class FakeRegistry(Recorder):
         redirect_blobs: bool = False,
         rate_limit: int | None = None,
         referrers: bool = False,
+        tags_page: int | None = None,
     ) -> None:
         super().__init__()
         if auth == "basic" and not (username and password):
@@ -82,6 +85,7 @@ class FakeRegistry(Recorder):
         self.auth, self.username, self.password = auth, username, password
         self.token_ttl, self.service = token_ttl, service
         self.redirect_blobs, self.referrers = redirect_blobs, referrers
+        self.tags_page = tags_page
         self.rate_limit = rate_limit
         self.ratelimit_remaining = rate_limit or 0
         self.blobs: dict[str, bytes] = {}
@@ -121,9 +125,12 @@ class FakeRegistry(Recorder):
             self.blobs[digest] = data
         return digest
 
-    def add_manifest(self, repo: str, tag: str | None, data: bytes, media_type: str) -> str:
-        """Store a manifest (by digest, and under `tag` if given: re-adding moves the tag)."""
-        digest = sha256_digest(data)
+    def add_manifest(self, repo: str, tag: str | None, data: bytes, media_type: str,
+                     digest: str | None = None) -> str:
+        """Store a manifest (by digest, and under `tag` if given: re-adding moves the tag).
+        `digest`: another than the body's, as registries name a signed schema 1 manifest
+        (by its payload without the signatures)."""
+        digest = digest or sha256_digest(data)
         with self._data_lock:
             self.manifests.setdefault(repo, {})[digest] = (data, media_type)
             tags = self.tags.setdefault(repo, {})
@@ -361,10 +368,12 @@ class FakeRegistry(Recorder):
         if last:
             tags = [t for t in tags if t > last]
         headers = dict(API_HEADERS)
-        n = request.query.get("n")
+        # Like ghcr.io and Docker Hub, `tags_page` pages even a client that did not ask for it.
+        n = request.query.get("n") or (str(self.tags_page) if self.tags_page else None)
         if n and n.isdigit() and len(tags) > int(n):
             tags = tags[: int(n)]
-            headers["Link"] = f'</v2/{repo}/tags/list?n={n}&last={tags[-1]}>; rel="next"'
+            if tags:  # n=0: an empty list and no Link (the spec)
+                headers["Link"] = f'</v2/{repo}/tags/list?n={n}&last={tags[-1]}>; rel="next"'
         return web.json_response({"name": repo, "tags": tags}, headers=headers)
 
     def _referrers(self, repo: str, digest: str) -> web.Response:

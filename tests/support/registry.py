@@ -25,7 +25,8 @@ def find_binary() -> str | None:
     return shutil.which("docker-registry") or shutil.which("registry")
 
 
-def _config_yaml(port: int, storage: Path, log_level: str, proxy_remote_url: str | None) -> str:
+def _config_yaml(port: int, storage: Path, log_level: str, proxy_remote_url: str | None,
+                 extra: str = "") -> str:
     q = json.dumps  # JSON strings are valid YAML scalars, so paths/URLs need no hand-escaping
     lines = [
         "version: 0.1",
@@ -52,7 +53,7 @@ def _config_yaml(port: int, storage: Path, log_level: str, proxy_remote_url: str
     ]
     if proxy_remote_url:
         lines += ["proxy:", f"  remoteurl: {q(proxy_remote_url)}"]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n" + extra
 
 
 def _kill(proc: subprocess.Popen[bytes]) -> None:
@@ -67,7 +68,8 @@ class RegistryProcess:
 
     Usage: `with RegistryProcess() as reg: ... reg.url ...` or `reg = RegistryProcess().start()`.
     `proxy_remote_url` runs distribution as a pull-through cache of that URL (push is then
-    refused by distribution itself).
+    refused by distribution itself). `extra_config`: more top-level YAML, e.g. an `auth:`
+    section (tests/support/token_issuer.py); a `root` of an earlier instance keeps its images.
     """
 
     def __init__(
@@ -78,8 +80,10 @@ class RegistryProcess:
         log_level: str = "info",
         binary: str | None = None,
         start_timeout: float = 30.0,
+        extra_config: str = "",
     ) -> None:
         self.proxy_remote_url = proxy_remote_url
+        self.extra_config = extra_config
         self.log_level = log_level
         self.binary = binary or find_binary()
         self.start_timeout = start_timeout
@@ -130,7 +134,8 @@ class RegistryProcess:
         for _attempt in range(5):
             self.port = free_port()
             self.config_path.write_text(
-                _config_yaml(self.port, self.storage_dir, self.log_level, self.proxy_remote_url)
+                _config_yaml(self.port, self.storage_dir, self.log_level, self.proxy_remote_url,
+                             self.extra_config)
             )
             with open(self.log_path, "ab") as log:
                 self._proc = subprocess.Popen(
