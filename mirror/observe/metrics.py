@@ -211,6 +211,10 @@ class Metrics:
             "mirror_cold_pending_uploads", "Blobs, manifests and tag records waiting to be "
             "copied to the cold tier", registry=r, multiprocess_mode="livesum")
 
+        self.signature_checks = Counter(
+            "mirror_signature_checks", "Manifests answered under a signatures rule, by rule and "
+            "outcome (verified; refused; warn: served although it would have been refused)",
+            ["rule", "outcome"], registry=r)
         self.audit_dropped = Counter(
             "mirror_audit_dropped_lines", "Audit lines dropped because the audit sink fell "
             "too far behind", registry=r)

@@ -13,10 +13,12 @@ from mirror import __version__
 from mirror.config import Config
 from mirror.fetch.blobs import BlobFetcher
 from mirror.fetch.shared import SharedDownloads
+from mirror.observe.audit import AuditLog
 from mirror.observe.metrics import Metrics
 from mirror.pull.listings import Listings
 from mirror.pull.manifests import ManifestStore
 from mirror.pull.service import PullService
+from mirror.pull.signatures import SignaturePolicy
 from mirror.pull.tags import TagResolver
 from mirror.store.db import Database
 from mirror.store.disk import DiskTier
@@ -24,6 +26,7 @@ from mirror.store.index import TagIndex
 from mirror.store.links import RepoLinks
 from mirror.store.shared_tags import SharedTags
 from mirror.store.tiered import TieredStore, build_tiered
+from mirror.store.verdicts import VerdictStore
 from mirror.upstream.client import UpstreamClient
 from mirror.upstream.clients import Upstreams
 
@@ -53,11 +56,12 @@ class Services:
 
 
 async def build_services(config: Config, metrics: Metrics, *, shared_dir: bool = False,
-                         evicting: bool = True) -> Services:
+                         evicting: bool = True, audit: AuditLog | None = None) -> Services:
     """Open the cache (sweeping unfinished downloads) and one client per upstream; the caller
     must `await close()`. No upstream client at all when the config is offline.
     `shared_dir`: one of several worker processes sharing cache.dir (no sweep, cross-process
-    downloads); `evicting`: this process keeps the hot tier's budget (one of them does)."""
+    downloads); `evicting`: this process keeps the hot tier's budget (one of them does);
+    `audit`: where signature refusals are written (the server's audit log)."""
     db = Database(config.cache.dir / "index.db")
     tier = DiskTier(config.cache.dir, db, config.cache.max_size, metrics,
                     config.cache.high_watermark, config.cache.low_watermark, evicting=evicting)
@@ -90,9 +94,12 @@ async def build_services(config: Config, metrics: Metrics, *, shared_dir: bool =
                            multiprocess=shared is not None)
     blobs = BlobFetcher(tier, metrics, config.offline, config.finish_abandoned_fetches, shared,
                         prefetch_parallel=config.prefetch.parallel, tiers=tiers)
+    signatures = (SignaturePolicy(config, VerdictStore(db), manifests, resolver, blobs,
+                                  upstreams.client, metrics, audit)
+                  if config.signatures else None)
     service = PullService(config, upstreams, manifests, resolver,
                           Listings(tags, upstreams.client, config.cache.tags_list_ttl), blobs,
-                          metrics, links)
+                          metrics, links, signatures)
     if tiers is not None:
         await tiers.start()  # resumes pending uploads
     return Services(db, tier, tags, clients, service, sessions, tiers)
