@@ -64,8 +64,10 @@ def add_airgap_commands(sub: SubParsers, config_arg: Callable[[argparse.Argument
         description="Verify every blob of an OCI-layout bundle (tar file, or a directory made "
                     "by `skopeo copy ... oci:DIR`) and add it to the cache with its tags, so a "
                     "mirror with `offline: true` serves them. A bundle with any corrupt or "
-                    "missing blob is refused whole. Restart a mirror serving this cache "
-                    "afterwards.")
+                    "missing blob is refused whole. With `signatures` rules in the config, each "
+                    "imported image is judged by this site's rules (signatures travel in bundles "
+                    "exported --with-referrers) and the verdict printed: a refused image is "
+                    "kept but never served. Restart a mirror serving this cache afterwards.")
     config_arg(i)
     i.add_argument("bundle", metavar="BUNDLE", help="bundle file or OCI layout directory")
     i.add_argument("--repo", metavar="REGISTRY/REPOSITORY",
@@ -284,7 +286,17 @@ async def _import(config: Config, source: Path, repo: str | None) -> Any:
 
     parts = await build_services(config, Metrics())
     try:
-        return await import_layout(source, parts.tier, parts.tags, config.alias_table(),
-                                   config.default_upstream, repo)
+        report = await import_layout(source, parts.tier, parts.tags, config.alias_table(),
+                                     config.default_upstream, repo)
+        policy = parts.service.signatures
+        if policy is not None:
+            # The importing site's rules, judged on what the bundle brought (its signatures
+            # travel in it with --with-referrers); a refused image stays cached, never served.
+            for ref, digest in report.tags:
+                m = parts.service.manifests.cached(digest)
+                line = await policy.describe(ref.upstream, ref.repo, m) if m is not None else None
+                if line is not None:
+                    report.notes.append(f"signatures: {ref}: {line}")
+        return report
     finally:
         await parts.close()

@@ -144,6 +144,25 @@ class SignaturePolicy:
             return False
         return verdict is None or verdict.outcome == "verified"
 
+    async def describe(self, upstream: str, repo: str, m: Manifest) -> str | None:
+        """One line on what the rules make of `m` (for `mirror import`); None: no rule applies.
+        The verdict is stored like any other."""
+        rule = self.rule_for(upstream, repo)
+        if rule is None or cosign.is_signature_artifact(m.body):
+            return None
+        try:
+            verdict = await self.verdict(rule, upstream, repo, m)
+        except MirrorError as e:
+            return f"{rule.name}: cannot be checked ({e.message})"
+        if verdict is None:
+            return (f"{rule.name}: an index without a valid signature; each image it lists is "
+                    f"checked when pulled")
+        if verdict.outcome == "verified":
+            return f"{rule.name}: verified, {verdict.reason}"
+        if rule.mode == "warn":
+            return f"{rule.name}: served with a warning (mode warn): {verdict.reason}"
+        return f"{rule.name}: refused, will not be served: {verdict.reason}"
+
     async def verdict(self, rule: SignatureRule, upstream: str, repo: str,
                       m: Manifest) -> Verdict | None:
         """The verdict for `m` under `rule`, cached or evaluated now (one evaluation at a time
