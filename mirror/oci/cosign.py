@@ -36,6 +36,9 @@ COSIGN_TYPE = "cosign container image signature"
 BUNDLE_TYPES = ("application/vnd.dev.sigstore.bundle.v0.3+json",
                 "application/vnd.dev.sigstore.bundle+json;version=0.3")
 IN_TOTO = "application/vnd.in-toto+json"
+# The predicate `cosign sign --new-bundle-format` signs: a signature, not an attestation (SBOM,
+# provenance), which says something else about the image than "the key holder vouches for it".
+SIGN_PREDICATE = "https://sigstore.dev/cosign/sign/v1"
 # Layer media types of artifacts that describe an image instead of being one: a manifest made
 # only of these has nothing to run, so a signature policy does not ask it to be signed itself.
 ARTIFACT_LAYER_TYPES = frozenset({
@@ -288,7 +291,10 @@ def _verify_dsse(envelope: dict[str, Any], digest: str,
     if payload_type != IN_TOTO:
         return None, f"the DSSE payload is {payload_type}, not an in-toto statement"
     statement = _json(payload)
-    subjects = statement.get("subject") if isinstance(statement, dict) else None
+    predicate = statement.get("predicateType") if isinstance(statement, dict) else None
+    if predicate != SIGN_PREDICATE:
+        return None, f"the in-toto statement is a {predicate} attestation, not a cosign signature"
+    subjects = statement.get("subject")
     hexes = [s.get("digest", {}).get("sha256") for s in subjects or [] if isinstance(s, dict)
              and isinstance(s.get("digest"), dict)]
     if not digest.startswith("sha256:") or digest[len("sha256:"):] not in hexes:
