@@ -11,10 +11,19 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
-from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
+from cryptography.hazmat.primitives.asymmetric.utils import Prehashed, decode_dss_signature
 
 from mirror.oci import cosign
-from tests.support.cosign import CosignKey, compact, dsse_bundle, pae, simple_signing_payload
+from tests.support.cosign import (
+    CosignKey,
+    compact,
+    dsse_bundle,
+    pae,
+    sha256,
+    signature_config,
+    signature_manifest,
+    simple_signing_payload,
+)
 
 DIGEST = "sha256:" + hashlib.sha256(b"the image manifest").hexdigest()
 OTHER = "sha256:" + hashlib.sha256(b"another image").hexdigest()
@@ -116,3 +125,26 @@ def test_signature_artifacts() -> None:
     assert cosign.is_signature_artifact(sig)
     assert not cosign.is_signature_artifact(image)
     assert not cosign.is_signature_artifact(compact({"manifests": []}))
+
+
+def test_helper_matches_what_cosign_itself_pushed() -> None:
+    """The test signer against a signature cosign v1.13.1 pushed to Docker Hub, as its debug
+    trace shows it (public notes: github.com/jeffhuang4704/just-notes, cosign/cosign-traffic.md):
+    the payload, config and `.sig` manifest built by tests/support/cosign.py from the same
+    inputs hash to the digests cosign produced, byte for byte. Its public key is not
+    published, so the ECDSA signature itself is only checked for form (DER r, s) and read by
+    the mirror's parser."""
+    image = "sha256:4c1c50d0ffc614f90b93b07d778028dc765548e823f676fb027f61d281ac380d"
+    signature = ("MEYCIQCPH7NJAIfrB6BZN91dV0o7l/i11muXrvrAh100jDMMhAIhAPsLH0oXb2OPITXRpWBMUd3vH"
+                 "tz5Ks5pql2Hr6t/IJXw")
+    payload = simple_signing_payload(image, "index.docker.io/chihjenhuang/cosign1")
+    assert sha256(payload) == "sha256:b671489ededd1a180bd87235bba00fd83354f9c7d13b71d9f8b66a8e52965ebc"
+    config = signature_config(sha256(payload), "2023-02-17T09:25:33.91047962-08:00")
+    assert sha256(config) == "sha256:85ad8e17d3d7c00664855c638832bd99f32d42542c2d587851410a45a7f60b95"
+    manifest = signature_manifest(payload, signature, config)
+    assert sha256(manifest) == "sha256:7ebe8964225fa4619b53aa35416ef0246c037e36ddf81776b21b15e1dda2262b"
+    (layer,) = cosign.signature_layers(manifest)
+    assert layer.signature is not None and layer.digest == sha256(payload)
+    r, s = decode_dss_signature(layer.signature)
+    assert r > 0 and s > 0
+    assert cosign.payload_problem(payload, image) is None

@@ -74,6 +74,23 @@ def _push_bytes(client: RegistryClient, repo: str, data: bytes) -> str:
     return digest
 
 
+def signature_config(payload_digest: str, created: str = "0001-01-01T00:00:00Z") -> bytes:
+    """The image config cosign writes for a `.sig` manifest (its payload is the one layer)."""
+    return compact({"architecture": "", "created": created,
+                    "history": [{"created": "0001-01-01T00:00:00Z"}], "os": "",
+                    "rootfs": {"type": "layers", "diff_ids": [payload_digest]}, "config": {}})
+
+
+def signature_manifest(payload: bytes, signature: str, config: bytes) -> bytes:
+    """The `.sig` OCI manifest: one simple-signing layer carrying the signature annotation."""
+    return compact({
+        "schemaVersion": 2, "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": OCI_CONFIG, "size": len(config), "digest": sha256(config)},
+        "layers": [{"mediaType": SIMPLE_SIGNING, "size": len(payload), "digest": sha256(payload),
+                    "annotations": {"dev.cosignproject.cosign/signature": signature}}],
+    })
+
+
 def push_signature(registry_url: str, repo: str, digest: str, key: CosignKey,
                    payload: bytes | None = None, signature: str | None = None) -> str:
     """Sign `repo@digest` the way `cosign sign --key` stores it; returns the .sig manifest's
@@ -81,19 +98,10 @@ def push_signature(registry_url: str, repo: str, digest: str, key: CosignKey,
     client = RegistryClient(registry_url)
     payload = payload if payload is not None else simple_signing_payload(digest, repo)
     sig = signature if signature is not None else key.sign(payload)
-    payload_digest = _push_bytes(client, repo, payload)
-    config = compact({"architecture": "", "created": "0001-01-01T00:00:00Z",
-                      "history": [{"created": "0001-01-01T00:00:00Z"}], "os": "",
-                      "rootfs": {"type": "layers", "diff_ids": [payload_digest]}, "config": {}})
-    config_digest = _push_bytes(client, repo, config)
-    manifest = compact({
-        "schemaVersion": 2, "mediaType": OCI_MANIFEST,
-        "config": {"mediaType": OCI_CONFIG, "size": len(config), "digest": config_digest},
-        "layers": [{"mediaType": SIMPLE_SIGNING, "size": len(payload), "digest": payload_digest,
-                    "annotations": {"dev.cosignproject.cosign/signature": sig}}],
-    })
+    config = signature_config(_push_bytes(client, repo, payload))
+    _push_bytes(client, repo, config)
     tag = digest.replace(":", "-") + ".sig"
-    return client.put_manifest(repo, tag, manifest, OCI_MANIFEST)
+    return client.put_manifest(repo, tag, signature_manifest(payload, sig, config), OCI_MANIFEST)
 
 
 def pae(payload_type: str, payload: bytes) -> bytes:
