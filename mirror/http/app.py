@@ -114,7 +114,8 @@ async def _services(app: web.Application, audit: AuditLog | None) -> AsyncIterat
                     "objects": len(list(tier._entries))},
             "inflight": service.blobs.inflight(),
             "upstreams": [c.status() for c in clients.values()],
-            **({"signatures": service.signatures.status()} if service.signatures else {}),
+            **({"signatures": service.signatures.status()}
+               if service.signatures is not None and service.signatures.rules else {}),
         }
 
     app[STATUS] = status

@@ -207,7 +207,8 @@ def bundle_layers(manifest: bytes) -> list[SignedLayer]:
     if not isinstance(doc, dict):
         return []
     out: list[SignedLayer] = []
-    for layer in doc.get("layers") or []:
+    layers = doc.get("layers")
+    for layer in layers if isinstance(layers, list) else []:
         if isinstance(layer, dict) and layer.get("mediaType") in BUNDLE_TYPES:
             digest, size = layer.get("digest"), layer.get("size")
             if isinstance(digest, str) and isinstance(size, int):
@@ -280,7 +281,8 @@ def _verify_dsse(envelope: dict[str, Any], digest: str,
         return None, "the bundle's DSSE envelope is incomplete"
     message = pae(payload_type, payload)
     signer: PublicKey | None = None
-    for sig in envelope.get("signatures") or []:
+    signatures = envelope.get("signatures")
+    for sig in signatures if isinstance(signatures, list) else []:
         raw = _b64(sig.get("sig")) if isinstance(sig, dict) else None
         if raw is not None:
             signer = next((k for k in keys if k.verify(message, raw)), None)
@@ -295,8 +297,8 @@ def _verify_dsse(envelope: dict[str, Any], digest: str,
     if predicate != SIGN_PREDICATE:
         return None, f"the in-toto statement is a {predicate} attestation, not a cosign signature"
     subjects = statement.get("subject")
-    hexes = [s.get("digest", {}).get("sha256") for s in subjects or [] if isinstance(s, dict)
-             and isinstance(s.get("digest"), dict)]
+    hexes = [s["digest"].get("sha256") for s in subjects if isinstance(s, dict)
+             and isinstance(s.get("digest"), dict)] if isinstance(subjects, list) else []
     if not digest.startswith("sha256:") or digest[len("sha256:"):] not in hexes:
         return None, f"the in-toto statement does not name {digest} as its subject"
     return signer, ""

@@ -53,7 +53,7 @@ class PullService:
         self.tier = blobs.tier
         self.metrics = metrics
         self.links = links  # set when access rules make repositories differ in who may pull
-        self.signatures = signatures  # set when the config has `signatures` rules
+        self.signatures = signatures  # the `signatures` rules (built by pull/stack.py)
         # Manifests whose contents were linked to a repository already: parsing a manifest on
         # every HEAD by tag to link it again cost ~5% of that request (bench/README.md).
         self._linked: LRUCache[tuple[str, str, str], bool] = LRUCache(maxsize=100_000)

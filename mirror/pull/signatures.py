@@ -299,7 +299,8 @@ class SignaturePolicy:
     def _record(self, r: Refusal) -> None:
         self.recent.append(r)
         if self.audit is not None:
-            self.audit.write({"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(r.time)),
+            stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(r.time))
+            self.audit.write({"time": f"{stamp}.{int(r.time % 1 * 1000):03d}Z",  # as request lines
                               "event": "signature-refused" if r.mode == "enforce"
                               else "signature-warn",
                               "upstream": r.upstream, "repository": r.repo, "digest": r.digest,

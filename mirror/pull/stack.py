@@ -94,9 +94,9 @@ async def build_services(config: Config, metrics: Metrics, *, shared_dir: bool =
                            multiprocess=shared is not None)
     blobs = BlobFetcher(tier, metrics, config.offline, config.finish_abandoned_fetches, shared,
                         prefetch_parallel=config.prefetch.parallel, tiers=tiers)
-    signatures = (SignaturePolicy(config, VerdictStore(db), manifests, resolver, blobs,
-                                  upstreams.client, metrics, audit)
-                  if config.signatures else None)
+    # Built even without rules: a SIGHUP may bring the first ones (no rule: one empty loop).
+    signatures = SignaturePolicy(config, VerdictStore(db), manifests, resolver, blobs,
+                                 upstreams.client, metrics, audit)
     service = PullService(config, upstreams, manifests, resolver,
                           Listings(tags, upstreams.client, config.cache.tags_list_ttl), blobs,
                           metrics, links, signatures)

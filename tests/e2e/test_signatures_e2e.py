@@ -97,3 +97,23 @@ def test_sighup_applies_a_new_key(setup: Setup, tmp_path: Path) -> None:
     # ... and the image the old key signed is now refused.
     assert fetch(f"{setup.mirror.url}/v2/{setup.signed.repo}/manifests/1.0",
                  headers=accept).status == 403
+
+
+def test_sighup_brings_the_first_rule(setup: Setup, registry_tap: RecordingProxy,
+                                      tmp_path: Path) -> None:
+    """A mirror started without `signatures` takes its first rule on SIGHUP."""
+    work = tmp_path / "norules"
+    cfg = mirror_config({"docker.io": registry_tap.url}, work / "cache")
+    accept = {"Accept": ", ".join(ALL_MANIFEST_TYPES)}
+    with MirrorProcess(cfg, workdir=work) as proc:
+        url = f"{proc.url}/v2/{setup.unsigned.repo}/manifests/1.0"
+        assert fetch(url, headers=accept).status == 200
+        cfg["signatures"] = [{"repositories": ["sige2e/**"], "keys": [str(setup.good.pub_path)]}]
+        cfg["listen"] = f"127.0.0.1:{proc.port}"
+        proc.config_path.write_text(yaml.safe_dump(cfg))
+        assert proc.proc is not None
+        proc.proc.send_signal(signal.SIGHUP)
+        wait_for("the first rule to refuse the unsigned image",
+                 lambda: fetch(url, headers=accept).status == 403)
+        assert fetch(f"{proc.url}/v2/{setup.signed.repo}/manifests/1.0",
+                     headers=accept).status == 200
