@@ -153,6 +153,8 @@ async def test_refused_with_no_blob_fetched(app_for: Any, images: Images, keys: 
         message = denied(body)
         assert "org-signed" in message and reason in message, message
     assert blob_requests(registry_tap, img) == [], registry_tap.describe()
+    if which == "unsigned":  # nothing to read at all; the others' signature payloads only
+        assert [r.path for r in registry_tap.filter(kind="blob") if f"/{img.repo}/" in r.path] == []
     assert (await checks(client)).get("refused") == 2.0
 
 
