@@ -18,7 +18,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from tests.support import AMD64, ARM64, Catalog, ImagePusher, PushedImage, RecordingProxy
+from tests.support import AMD64, ARM64, Catalog, Fault, ImagePusher, PushedImage, RecordingProxy
 from tests.support.cosign import (
     CosignKey,
     push_bundle,
@@ -50,6 +50,7 @@ class Images:
     index_unsigned: PushedImage
     bundle_signed: PushedImage
     bundle_wrong_key: PushedImage
+    bad_annotation: PushedImage  # its .sig layer's signature is not base64
 
 
 @pytest.fixture(scope="module")
@@ -76,13 +77,16 @@ def images(catalog: Catalog, keys: Keys) -> Images:
     imgs = Images(image("sigtest/signed"), image("sigtest/unsigned"), image("sigtest/wrongkey"),
                   image("sigtest/tampered"), image("elsewhere/unsigned"),
                   index("sigtest/index-signed"), index("sigtest/index-unsigned"),
-                  image("sigtest/bundle"), image("sigtest/bundle-wrongkey"))
+                  image("sigtest/bundle"), image("sigtest/bundle-wrongkey"),
+                  image("sigtest/bad-annotation"))
     push_signature(url, imgs.signed.repo, imgs.signed.digest, keys.good)
     push_signature(url, imgs.wrong_key.repo, imgs.wrong_key.digest, keys.other)
     # Signed by the right key, but the payload names another image: a signature moved over.
     push_signature(url, imgs.tampered.repo, imgs.tampered.digest, keys.good,
                    payload=simple_signing_payload(imgs.signed.digest, imgs.signed.repo))
     push_signature(url, imgs.index_signed.repo, imgs.index_signed.digest, keys.good)
+    push_signature(url, imgs.bad_annotation.repo, imgs.bad_annotation.digest, keys.good,
+                   signature="%%% not base64 %%%")
     for img, key in ((imgs.bundle_signed, keys.good), (imgs.bundle_wrong_key, keys.other)):
         push_bundle(url, img.repo, img.digest, img.media_type, img.size, key)
     return imgs
@@ -141,6 +145,7 @@ async def test_signed_image_pulls(app_for: Any, images: Images, keys: Keys,
     ("wrong_key", "no valid signature for the configured keys"),
     ("tampered", "signs sha256:"),
     ("bundle_wrong_key", "no valid signature for the configured keys"),
+    ("bad_annotation", "no valid base64 signature annotation"),
 ])
 async def test_refused_with_no_blob_fetched(app_for: Any, images: Images, keys: Keys,
                                             registry_tap: RecordingProxy, which: str,
@@ -275,3 +280,17 @@ async def test_refusal_is_audited(app_for: Any, images: Images, keys: Keys,
     assert events[0]["digest"] == images.wrong_key.digest
     assert events[0]["rule"] == "signatures[0]"
     assert events[0]["reason"] == "no valid signature for the configured keys"
+
+
+async def test_a_signature_that_cannot_be_read_fails_closed_then_recovers(
+        app_for: Any, images: Images, keys: Keys, registry_tap: RecordingProxy) -> None:
+    """The payload blob arrives corrupt: refused with a clear reason (never a 500, never
+    served), and not remembered: once the upstream sends good bytes the image pulls."""
+    client = await app_for([rule(keys)])
+    registry_tap.set_fault(Fault("corrupt", offset=10, match=f"/{images.signed.repo}/blobs/"))
+    status, body = await get_manifest(client, images.signed.repo, "1.0")
+    assert status == 403, body
+    assert "could not be fetched" in denied(body)
+    registry_tap.clear_fault()
+    status, body = await get_manifest(client, images.signed.repo, "1.0")
+    assert status == 200 and body == images.signed.manifest

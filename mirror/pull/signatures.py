@@ -36,7 +36,13 @@ from mirror.fetch.coalesce import SingleFlight
 from mirror.observe.audit import AuditLog
 from mirror.observe.metrics import Metrics
 from mirror.oci import cosign
-from mirror.oci.errors import ConfigError, Denied, ManifestUnknown, MirrorError
+from mirror.oci.errors import (
+    ConfigError,
+    Denied,
+    ManifestUnknown,
+    MirrorError,
+    UpstreamUnavailable,
+)
 from mirror.oci.globs import glob_regex
 from mirror.oci.models import INDEX_TYPES, Digest, parse_manifest
 from mirror.pull.manifests import ClientFor, Manifest, ManifestStore
@@ -272,23 +278,26 @@ class SignaturePolicy:
         if size > cosign.MAX_SIGNATURE_DOCUMENT:
             return None
         digest = Digest.parse(digest_text)
-        handle = await self.blobs.open(self.client_for(upstream), repo, digest, size)
         try:
-            if handle.body is not None:  # disk full: a verified stream of its own
-                return b"".join([chunk async for chunk in handle.body])
-            fetch = handle.fetch
-            if fetch is not None:
-                if handle.fd is not None:
-                    fetch.close_reader(handle.fd)  # we read the committed file instead
-                    handle.fd = None
-                while not fetch.done:
+            handle = await self.blobs.open(self.client_for(upstream), repo, digest, size)
+            try:
+                if handle.body is not None:  # disk full: a verified stream of its own
+                    return b"".join([chunk async for chunk in handle.body])
+                fetch = handle.fetch
+                if fetch is not None:
+                    if handle.fd is not None:
+                        fetch.close_reader(handle.fd)  # we read the committed file instead
+                        handle.fd = None
+                    while not fetch.done and fetch.error is None:
+                        await fetch.changed()
                     if fetch.error is not None:
                         raise fetch.error
-                    await fetch.changed()
-                if fetch.error is not None:
-                    raise fetch.error
-        finally:
-            self.blobs.release(handle)
+            finally:
+                self.blobs.release(handle)
+        except MirrorError:
+            raise
+        except Exception as e:  # a download's I/O error: a failed fetch, never a 500
+            raise UpstreamUnavailable(f"signature blob {digest} could not be read: {e}") from e
         body = self.blobs.tier.read_bytes_sync(digest)
         if body is None or Digest.of(body, digest.algorithm) != digest:
             raise ManifestUnknown(f"signature blob {digest} vanished from the cache")
