@@ -71,3 +71,16 @@ def test_check_config_prints_the_key(tmp_path: Path) -> None:
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 2, r
     assert "signatures[0].keys[0]: cannot read" in r.stdout + r.stderr
+
+
+def test_check_config_lists_the_rules(tmp_path: Path) -> None:
+    key = CosignKey.generate(tmp_path)
+    cfg = tmp_path / "mirror.yaml"
+    cfg.write_text(yaml.safe_dump({"upstreams": UPSTREAMS, "cache": {"dir": str(tmp_path / "c")},
+                                   "signatures": [{"name": "org", "repositories": ["org/**"],
+                                                   "keys": ["cosign.pub"], "mode": "warn"}]}))
+    r = subprocess.run([sys.executable, "-m", "mirror", "check-config", "-c", str(cfg)],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r
+    assert (f"signatures: org (warn) upstreams *, repositories org/**, keys {key.pub_path}"
+            in r.stdout), r.stdout
