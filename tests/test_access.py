@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from mirror.auth.access import AccessPolicy, glob_regex
+from mirror.auth.access import AccessPolicy
 from mirror.config import AccessRule
+from mirror.oci.globs import glob_regex
 
 
 @pytest.mark.parametrize(("pattern", "name", "match"), [

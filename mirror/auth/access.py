@@ -26,34 +26,15 @@ causes an upstream request (mirror/clientauth.py)."""
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
 from mirror.config import AccessRule
+from mirror.oci.globs import glob_regex
 
 ANONYMOUS = "anonymous"
 ANY_USER = "*"
-
-
-def glob_regex(pattern: str) -> re.Pattern[str]:
-    out = []
-    i = 0
-    while i < len(pattern):
-        if pattern.startswith("**", i):
-            out.append(".*")
-            i += 2
-        elif pattern[i] == "*":
-            out.append("[^/]*")
-            i += 1
-        elif pattern[i] == "?":
-            out.append("[^/]")
-            i += 1
-        else:
-            out.append(re.escape(pattern[i]))
-            i += 1
-    return re.compile("".join(out))
 
 
 @dataclass(frozen=True, slots=True)

@@ -158,6 +158,10 @@ def _security_lines(config: Config) -> list[str]:
     rate = f", rate {lim.rate_limit.rate}/s burst {lim.rate_limit.burst}" if lim.rate_limit else ""
     lines.append(f"limits: header {lim.max_header_size} B, connections "
                  f"{lim.max_connections or 'unlimited'}, client timeout {lim.client_timeout:g}s{rate}")
+    for r in config.signatures:
+        lines.append(f"signatures: {r.name} ({r.mode}) upstreams {' '.join(r.upstreams)}, "
+                     f"repositories {' '.join(r.repositories)}, keys "
+                     f"{', '.join(k.name for k in r.keys)}")
     return lines
 
 

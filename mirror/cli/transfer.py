@@ -64,7 +64,10 @@ def add_transfer_commands(sub: SubParsers, config_arg: Callable[[argparse.Argume
                     "cache with its tags, so a mirror with `offline: true` serves them. A bundle "
                     "with any corrupt or missing blob or part, or a differential bundle whose "
                     "base this cache lacks, is refused whole. An interrupted import, run again, "
-                    "keeps the blobs it verified. Restart a mirror serving this cache afterwards.")
+                    "keeps the blobs it verified. With `signatures` rules in the config, each "
+                    "imported image is judged by this site's rules (signatures travel in bundles "
+                    "exported --with-referrers) and the verdict printed: a refused image is kept "
+                    "but never served. Restart a mirror serving this cache afterwards.")
     config_arg(i)
     i.add_argument("bundle", nargs="+", metavar="BUNDLE",
                    help="bundle file, OCI layout directory, or parts of a split bundle (the "
@@ -247,8 +250,18 @@ async def _import(config: Config, sources: list[Path], repo: str | None) -> Any:
         bar.total(source.size)
     parts = await build_services(config, Metrics())
     try:
-        return await import_layout(source, parts.tier, parts.tags, config.alias_table(),
-                                   config.default_upstream, repo, bar.advance if bar else None)
+        report = await import_layout(source, parts.tier, parts.tags, config.alias_table(),
+                                     config.default_upstream, repo, bar.advance if bar else None)
+        policy = parts.service.signatures
+        if policy is not None:
+            # The importing site's rules, judged on what the bundle brought (its signatures
+            # travel in it with --with-referrers); a refused image stays cached, never served.
+            for ref, digest in report.tags:
+                m = parts.service.manifests.cached(digest)
+                line = await policy.describe(ref.upstream, ref.repo, m) if m is not None else None
+                if line is not None:
+                    report.notes.append(f"signatures: {ref}: {line}")
+        return report
     finally:
         if bar is not None:
             bar.close()

@@ -37,6 +37,7 @@ from mirror.config.reader import (
     parse_size,
 )
 from mirror.config.security import _auth, _limits, _tls
+from mirror.config.signatures import _signatures
 from mirror.oci.errors import ConfigError
 from mirror.oci.routing import DOCKER_HUB, DOCKER_HUB_ALIASES
 
@@ -195,7 +196,7 @@ def _server(reader: _Reader, raw: Any) -> ServerConfig:
 
 
 TOP_KEYS = {"listen", "default_upstream", "upstreams", "cache", "prefetch", "log", "offline",
-            "finish_abandoned_fetches", "tls", "auth", "server", "warm", "limits"}
+            "finish_abandoned_fetches", "tls", "auth", "server", "warm", "limits", "signatures"}
 
 
 def _warm(reader: _Reader, raw: Any, names: Mapping[str, str], default: str | None) -> WarmConfig:
@@ -297,6 +298,7 @@ def parse_config(raw: Any, env: Mapping[str, str] | None = None, base: Path | No
         limits=_limits(reader, top.get("limits")),
         warm=_warm(reader, top.get("warm"), seen, default),
         server=_server(reader, top.get("server")),
+        signatures=_signatures(reader, top.get("signatures"), upstreams),
         source=source,
     )
     if reader.problems:

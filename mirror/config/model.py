@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from mirror.oci.cosign import PublicKey
 from mirror.oci.routing import DOCKER_HUB
 
 
@@ -183,6 +184,26 @@ class WarmConfig:
 
 
 @dataclass(frozen=True)
+class SignatureRule:
+    """One `signatures` rule (mirror/pull/signatures.py applies them): images of matching
+    upstreams and repositories are served only with a valid cosign signature by one of `keys`
+    (mode enforce), or served and counted when they have none (mode warn). Globs as in
+    auth.rules. `name` labels metrics and messages; default `signatures[<index>]`."""
+
+    name: str
+    keys: tuple[PublicKey, ...]
+    upstreams: tuple[str, ...] = ("*",)
+    repositories: tuple[str, ...] = ("**",)
+    mode: Literal["enforce", "warn"] = "enforce"
+
+    @property
+    def fingerprint(self) -> str:
+        """What a cached verdict depends on: the keys (by content, so replacing a key file
+        re-evaluates). Globs and mode only decide which rule applies and what a verdict does."""
+        return ",".join(sorted(k.fingerprint for k in self.keys))
+
+
+@dataclass(frozen=True)
 class Config:
     listen_host: str = "0.0.0.0"
     listen_port: int = 5000
@@ -198,6 +219,7 @@ class Config:
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     warm: WarmConfig = field(default_factory=WarmConfig)
     server: ServerConfig = field(default_factory=ServerConfig)
+    signatures: tuple[SignatureRule, ...] = ()
     source: str = "<default>"
 
     @property

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from aiohttp import web
@@ -60,7 +61,7 @@ def create_app(config: Config, metrics: Metrics | None = None,
     if worker is not None:
         app[WORKER] = worker
         app.cleanup_ctx.append(supervisor_watch(worker))
-    app.cleanup_ctx.append(_service_ctx)
+    app.cleanup_ctx.append(_service_ctx(audit))
     add_routes(app)
     add_status_routes(app)
     return app
@@ -87,13 +88,20 @@ def _security(app: web.Application, config: Config, token_key: Secret | None) ->
         app[RELOAD].append(app[SERVER_TLS].reload)
 
 
-async def _service_ctx(app: web.Application) -> AsyncIterator[None]:
+def _service_ctx(audit: AuditLog | None) -> Callable[[web.Application], AsyncIterator[None]]:
+    """cleanup_ctx building the pull stack; signature refusals go to `audit`."""
+    return functools.partial(_services, audit=audit)
+
+
+async def _services(app: web.Application, audit: AuditLog | None) -> AsyncIterator[None]:
     config, metrics = app[CONFIG], app[METRICS]
     worker = app.get(WORKER)
     parts = await build_services(config, metrics, shared_dir=worker is not None,
-                                 evicting=worker is None or worker.primary)
+                                 evicting=worker is None or worker.primary, audit=audit)
     tier, clients, service = parts.tier, parts.clients, parts.service
     app[SERVICE] = service
+    if service.signatures is not None:
+        app[RELOAD].append(service.signatures.reload)  # SIGHUP: rules and keys read again
     started = time.time()
 
     def status() -> dict[str, Any]:
@@ -104,6 +112,8 @@ async def _service_ctx(app: web.Application) -> AsyncIterator[None]:
                     "objects": tier.objects},
             "inflight": service.blobs.inflight(),
             "upstreams": [c.status() for c in clients.values()],
+            **({"signatures": service.signatures.status()}
+               if service.signatures is not None and service.signatures.rules else {}),
         }
 
     app[STATUS] = status

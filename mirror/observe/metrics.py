@@ -218,6 +218,10 @@ class Metrics:
             "mirror_cold_tier_skips", "Times the cold tier failed or was too slow to answer a "
             "lookup on a client's path; it is then skipped for a while", registry=r)
 
+        self.signature_checks = Counter(
+            "mirror_signature_checks", "Manifests answered under a signatures rule, by rule and "
+            "outcome (verified; refused; warn: served although it would have been refused)",
+            ["rule", "outcome"], registry=r)
         self.audit_dropped = Counter(
             "mirror_audit_dropped_lines", "Audit lines dropped because the audit sink fell "
             "too far behind", registry=r)

@@ -182,6 +182,37 @@ def _errors(d: dict[str, Any]) -> str:
     return f'<section class="panel"><h2>Recent errors</h2>{body}</section>'
 
 
+def _signatures(d: dict[str, Any]) -> str:
+    """The signature rules with their counts, and the latest refusals (mode warn included)."""
+    sig = d.get("signatures")
+    if not isinstance(sig, dict):
+        return ""
+    checks = sig.get("checks", {})
+    rows = []
+    for r in sig.get("rules", []):
+        name = escape(r["name"])
+        counts = "".join(
+            f'<td class="n">{_num(f"sig-{name}-{o}", n, fmt_int(n))}</td>'
+            for o in ("verified", "refused", "warn")
+            for n in [checks.get(r["name"], {}).get(o, 0)])
+        where = escape(" ".join(r["upstreams"]) + " / " + " ".join(r["repositories"]))
+        rows.append(f'<tr><th scope="row">{name}</th><td>{escape(r["mode"])}</td>'
+                    f'<td class="mono">{where}</td>{counts}</tr>')
+    rules = "".join(rows)
+    refusals = "".join(
+        f'<tr><td><time datetime="{iso(x["time"])}">{fmt_clock(x["time"])}</time></td>'
+        f'<td class="request"><div class="mono">{escape(x["image"])}@{escape(x["digest"])}</div>'
+        f'<div class="sub msg">{escape(x["rule"])} ({escape(x["mode"])}): '
+        f'{escape(x["reason"])}</div></td></tr>' for x in sig.get("recent_refusals", []))
+    recent = (f'<table class="errors"><thead><tr><th>UTC</th><th>image</th></tr></thead>'
+              f'<tbody>{refusals}</tbody></table>' if refusals
+              else '<p class="muted">nothing refused</p>')
+    return (f'<section class="panel wide"><h2>Signature policy</h2><table><thead><tr>'
+            f'<th>rule</th><th>mode</th><th>upstreams / repositories</th>'
+            f'<th class="n">verified</th><th class="n">refused</th><th class="n">warn</th>'
+            f'</tr></thead><tbody>{rules}</tbody></table>{recent}</section>')
+
+
 def render(d: dict[str, Any]) -> str:
     now = d["generated"]
     mode = '<span class="badge off">offline</span>' if d["offline"] else ""
@@ -221,6 +252,7 @@ def render(d: dict[str, Any]) -> str:
 {_top_images(d)}
 {_errors(d)}
 </div>
+{_signatures(d)}
 </main>
 <footer>numbers as of {fmt_clock(now)} UTC · <a href="/metrics">/metrics</a> ·
   <a href="/status.json">/status.json</a> · <code>mirror stats</code> in a terminal</footer>

@@ -70,6 +70,17 @@ def _upstreams(m: Metrics, names: list[str], runtime: list[dict[str, Any]],
     return out
 
 
+def _signature_checks(m: Metrics) -> dict[str, dict[str, int]]:
+    """mirror_signature_checks by rule, then outcome (verified, refused, warn)."""
+    out: dict[str, dict[str, int]] = {}
+    for family in m.signature_checks.collect():
+        for s in family.samples:
+            if s.name.endswith("_total"):
+                rule = out.setdefault(s.labels["rule"], {})
+                rule[s.labels["outcome"]] = rule.get(s.labels["outcome"], 0) + int(s.value)
+    return out
+
+
 def build(config: Config, m: Metrics, stats: PullStats, runtime: dict[str, Any],
           now: float | None = None) -> dict[str, Any]:
     """`runtime`: the facts the composition root reports (start time, tiers, upstream states)."""
@@ -78,6 +89,8 @@ def build(config: Config, m: Metrics, stats: PullStats, runtime: dict[str, Any],
     total = m.totals()
     hour, covered = stats.samples.since(HOUR, now)
     doc: dict[str, Any] = dict(runtime)  # keep what the composition root reports
+    if isinstance(doc.get("signatures"), dict):
+        doc["signatures"] = {**doc["signatures"], "checks": _signature_checks(m)}
     doc.update({
         "version": __version__,
         "generated": now,

@@ -28,6 +28,7 @@ from mirror.oci.models import (
 )
 from mirror.pull.listings import Listings, PassThrough
 from mirror.pull.manifests import Manifest, ManifestAnswer, ManifestStore
+from mirror.pull.signatures import SignaturePolicy
 from mirror.pull.tags import TagResolver
 from mirror.store.links import RepoLinks
 from mirror.upstream.client import UpstreamClient
@@ -41,7 +42,8 @@ __all__ = ["Manifest", "ManifestAnswer", "PassThrough", "PullService"]
 class PullService:
     def __init__(self, config: Config, upstreams: Upstreams, manifests: ManifestStore,
                  tags: TagResolver, listings: Listings, blobs: BlobFetcher, metrics: Metrics,
-                 links: RepoLinks | None = None) -> None:
+                 links: RepoLinks | None = None,
+                 signatures: SignaturePolicy | None = None) -> None:
         self.config = config
         self.upstreams = upstreams
         self.manifests = manifests
@@ -51,6 +53,7 @@ class PullService:
         self.tier = blobs.tier
         self.metrics = metrics
         self.links = links  # set when access rules make repositories differ in who may pull
+        self.signatures = signatures  # the `signatures` rules (built by pull/stack.py)
         # Manifests whose contents were linked to a repository already: parsing a manifest on
         # every HEAD by tag to link it again cost ~5% of that request (bench/README.md).
         self._linked: LRUCache[tuple[str, str, str], bool] = LRUCache(maxsize=100_000)
@@ -71,6 +74,10 @@ class PullService:
             assert ref.tag is not None
             answer = await self.tags.resolve(upstream, repo, ref.tag)
         m = answer.manifest
+        # The one place the signature rules apply: before the manifest is returned and before
+        # any prefetch, so no blob of a refused image is fetched on its account.
+        if self.signatures is not None:
+            await self.signatures.admit(upstream, repo, m)
         self._link(upstream, repo, m)
         if ref.tag is not None and m.media_type in INDEX_TYPES and not accepts(accept, m.media_type):
             # Like distribution: a client that cannot read an index gets the linux/amd64 image
@@ -80,6 +87,8 @@ class PullService:
                 raise ManifestUnknown(f"{repo}:{ref} is an index without a linux/amd64 image, and "
                                       f"the client does not accept {m.media_type}")
             inner = await self.manifests.by_digest(self.client(upstream), repo, child.digest)
+            if self.signatures is not None:
+                await self.signatures.admit(upstream, repo, inner.manifest)
             answer = ManifestAnswer(inner.manifest, answer.result)
         if prefetch and self.config.prefetch.enabled and not self.config.offline:
             self._prefetch(upstream, repo, answer.manifest)
@@ -108,6 +117,9 @@ class PullService:
                 log.info("prefetch of %s failed: %s", digest, e.message)
                 return
             self.metrics.prefetches.labels(client.name, "manifest").inc()
+            if self.signatures is not None and not await self.signatures.permits(
+                    client.name, repo, answer.manifest):
+                return  # a child the rules refuse: none of its blobs ahead of the client
             self._prefetch(client.name, repo, answer.manifest)
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:

@@ -13,10 +13,12 @@ from mirror import __version__
 from mirror.config import Config
 from mirror.fetch.blobs import BlobFetcher
 from mirror.fetch.shared import SharedDownloads
+from mirror.observe.audit import AuditLog
 from mirror.observe.metrics import Metrics
 from mirror.pull.listings import Listings
 from mirror.pull.manifests import ManifestStore
 from mirror.pull.service import PullService
+from mirror.pull.signatures import SignaturePolicy
 from mirror.pull.tags import TagResolver
 from mirror.store.db import Database
 from mirror.store.disk import DiskTier
@@ -27,6 +29,7 @@ from mirror.store.objectstore import ColdTier, build_store
 from mirror.store.shared_tags import SharedTags, tag_records
 from mirror.store.tiered import ColdUsage, TieredStore, UseMarks
 from mirror.store.uploads import Uploader
+from mirror.store.verdicts import VerdictStore
 from mirror.upstream.client import UpstreamClient
 from mirror.upstream.clients import Upstreams
 
@@ -88,11 +91,12 @@ def build_storage(config: Config, db: Database, tags: TagIndex, metrics: Metrics
 
 
 async def build_services(config: Config, metrics: Metrics, *, shared_dir: bool = False,
-                         evicting: bool = True) -> Services:
+                         evicting: bool = True, audit: AuditLog | None = None) -> Services:
     """Open the cache (sweeping unfinished downloads) and one client per upstream; the caller
     must `await close()`. No upstream client at all when the config is offline.
     `shared_dir`: one of several worker processes sharing cache.dir (no sweep, cross-process
-    downloads); `evicting`: this process keeps the hot tier's budget (one of them does)."""
+    downloads); `evicting`: this process keeps the hot tier's budget (one of them does);
+    `audit`: where signature refusals are written (the server's audit log)."""
     db = Database(config.cache.dir / "index.db")
     tags = TagIndex(db)
     storage = build_storage(config, db, tags, metrics, evicting)
@@ -131,9 +135,12 @@ async def build_services(config: Config, metrics: Metrics, *, shared_dir: bool =
                            multiprocess=shared is not None)
     blobs = BlobFetcher(tier, metrics, config.offline, config.finish_abandoned_fetches, shared,
                         prefetch_parallel=config.prefetch.parallel, tiers=tiers)
+    # Built even without rules: a SIGHUP may bring the first ones (no rule: one empty loop).
+    signatures = SignaturePolicy(config, VerdictStore(db), manifests, resolver, blobs,
+                                 upstreams.client, metrics, audit)
     service = PullService(config, upstreams, manifests, resolver,
                           Listings(tags, upstreams.client, config.cache.tags_list_ttl), blobs,
-                          metrics, links)
+                          metrics, links, signatures)
     if tiers is not None:
         await tiers.start()  # resumes pending uploads
     return Services(db, tier, evictor, tags, clients, service, sessions, tiers)

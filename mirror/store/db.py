@@ -32,6 +32,11 @@ CREATE TABLE IF NOT EXISTS links (
     upstream TEXT NOT NULL, repo TEXT NOT NULL, digest TEXT NOT NULL,
     PRIMARY KEY (upstream, repo, digest)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS signature_verdicts (
+    digest TEXT NOT NULL, rule TEXT NOT NULL, verdict TEXT NOT NULL, reason TEXT NOT NULL,
+    checked_at REAL NOT NULL,
+    PRIMARY KEY (digest, rule)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS pending_uploads (
     digest TEXT PRIMARY KEY, kind TEXT NOT NULL, queued_at REAL NOT NULL
 ) WITHOUT ROWID;
