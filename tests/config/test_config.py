@@ -33,7 +33,7 @@ def test_default_config_is_valid_and_matches_the_top_level_file() -> None:
     assert cfg.upstreams["docker.io"].url == "https://registry-1.docker.io"
     assert "index.docker.io" in cfg.upstreams["docker.io"].aliases
     assert cfg.cache.tag_ttl == 300 and cfg.cache.max_size == 20 * 1024**3
-    top = Path(__file__).resolve().parents[1] / "mirror.yaml"
+    top = Path(__file__).resolve().parents[2] / "mirror.yaml"
     assert yaml.safe_load(top.read_text()) == yaml.safe_load(default_config_text())
 
 

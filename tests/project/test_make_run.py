@@ -20,7 +20,7 @@ import yaml
 from mirror.config import default_config_text
 from tests.support.netjail import can_unshare_net
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 # Runs inside the network namespace: bring loopback up, start the command, wait for /v2/,
 # fetch the other pages, stop it, print one JSON document.
@@ -72,7 +72,7 @@ def test_make_run_serves_v2_and_the_status_page(tmp_path: Path) -> None:
         pytest.fail(f"cannot isolate `make run` from the internet: {reason}", pytrace=False)
     if shutil.which("make") is None:
         pytest.fail("make is not installed", pytrace=False)
-    # The top-level mirror.yaml `make run` uses is the built-in default (tests/test_config.py);
+    # The top-level mirror.yaml `make run` uses is the built-in default (tests/config/test_config.py);
     # a copy keeps its ./data cache in tmp_path instead of the work tree.
     assert yaml.safe_load((ROOT / "mirror.yaml").read_text()) == yaml.safe_load(default_config_text())
     config = tmp_path / "mirror.yaml"

@@ -31,7 +31,7 @@ import yaml
 from mirror.cli.clientconf import client_files
 from mirror.config import load_config
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 K8S = DEPLOY / "kubernetes"
 COMPOSE = DEPLOY / "docker-compose.yml"

@@ -22,7 +22,7 @@ from mirror.cli.clientconf import (
 from mirror.config import load_config, parse_config
 from mirror.oci.routing import resolve_route
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy" / "clients"
 DEFAULT_CONFIG = ROOT / "mirror" / "default.yaml"
 EXAMPLE_URL = "http://mirror.internal:5000"

@@ -30,7 +30,7 @@ from mirror.config import reader as config_reader
 from mirror.oci.errors import ConfigError
 from tests.support.mirror_proc import MirrorProcess, mirror_config
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 README = (ROOT / "README.md").read_text()
 NAME = "<name>"
 SAMPLE_UPSTREAM = "registry.example"  # stands for <name> while parsing
