@@ -2,13 +2,12 @@
 
 A commit only signals (DiskTier.request_eviction); this task wakes, picks least recently used
 content that nobody is reading or writing, and deletes it until usage is at the low watermark.
-Content whose copy to the cold tier is still pending is skipped: a guard task finishes that
-upload first (bounded in time) and then asks for another round, so evicted content can come
-back from the cold tier. A slow or stopped object store therefore delays the eviction of what
-it has not yet copied, never a client nor the eviction of anything else: usage may run past
-the budget while the store is stalled, and comes back within it once the store answers again
-(or once a guard's time runs out: then the content is evicted all the same, and the next
-request for it goes upstream)."""
+Victims go strictly in LRU order; one whose copy to the cold tier is still pending waits for a
+guard task that finishes that upload first (bounded in time) and then asks for another round,
+so evicted content can come back from the cold tier. A slow or stopped object store therefore
+delays eviction, never a client: usage may run past the budget while the store is stalled,
+and comes back within it once the store answers again (or once a guard's time runs out: then
+the content is evicted all the same, and the next request for it goes upstream)."""
 
 from __future__ import annotations
 
@@ -96,13 +95,19 @@ class Evictor:
         return self.pending(key)
 
     async def _round(self, goal: int) -> tuple[int, int]:
+        """Victims are the least recently used content that covers the excess, strictly in that
+        order (a newer object is never taken for an older one whose copy is pending): those
+        already in the cold tier go now, the others once their guard has finished the copy."""
         removed = freed = 0
-        waiting: list[str] = []
-        for key, _size, last_access in self.tier.lru():
-            if self.tier.used <= goal:
+        excess = self.tier.used - goal
+        for key, size, last_access in self.tier.lru():
+            if excess <= 0:
                 break
+            excess -= size
             if self._waits_for_upload(key):
-                waiting.append(key)
+                if self.guard is not None and key not in self._guards:
+                    self._guards[key] = asyncio.create_task(self._guard(key),
+                                                            name=f"evict-guard {key[:19]}")
                 continue
             # None: read, rewritten or removed since lru() listed it.
             nbytes = await self.tier.evict_one(key, last_access)
@@ -110,11 +115,6 @@ class Evictor:
                 removed += 1
                 freed += nbytes
                 self._given_up.discard(key)
-        if self.tier.used > goal and self.guard is not None:
-            for key in waiting:
-                if key not in self._guards:
-                    self._guards[key] = asyncio.create_task(self._guard(key),
-                                                            name=f"evict-guard {key[:19]}")
         return removed, freed
 
     async def _guard(self, key: str) -> None:
