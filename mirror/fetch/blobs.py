@@ -54,8 +54,8 @@ class BlobHandle:
     fetch: BlobFetch | None = None
     fd: int | None = None  # reader descriptor on the fetch's temp file
     body: AsyncIterator[bytes] | None = None  # uncached, verified stream (disk full)
-    # The hot-tier file, already open (server.workers > 1: another worker may evict it, so it
-    # is opened while we still know it exists); the response takes it, release() closes it.
+    # The hot-tier file, already open (it may be deleted under us: local() says why); the
+    # response takes it, release() closes it.
     file: IO[bytes] | None = None
 
 
@@ -116,11 +116,13 @@ class BlobFetcher:
         if entry is None:
             return None
         path = self.tier.path(digest)
-        if self.shared is None:
-            return BlobHandle(digest, entry.size, "hot", "hit", path=path)
+        # Opened while we still know it exists: with server.workers > 1 another worker may
+        # evict it, and in any mode an operator may delete it or a delete/re-commit may race.
+        # A file that has gone is forgotten and fetched again, never a 500.
         try:
             fobj = open(path, "rb")  # noqa: SIM115 - handed to the response or closed by release()
-        except FileNotFoundError:  # evicted by the worker that keeps the budget
+        except FileNotFoundError:
+            log.warning("cached blob %s has no file any more: fetching it again", digest)
             self.tier.forget(digest)
             return None
         return BlobHandle(digest, entry.size, "hot", "hit", path=path, file=fobj)
