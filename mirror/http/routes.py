@@ -125,8 +125,10 @@ async def _blob(request: web.Request, route: Route, ref_text: str,
         result = "hit" if handle.source == "cold" and handle.result == "miss" else handle.result
         rec.result = result
         metrics.requests.labels(route.upstream, "blob", result).inc()
-        if handle.size is None and handle.fetch is not None:
-            # Upstream sent no length: only a finished download tells us the size.
+        if not handle.size and handle.fetch is not None:
+            # Upstream sent no length: only a finished download tells us the size. A length
+            # of 0 waits too: an empty body has no last byte to hold back until the digest
+            # verified, so it could complete wrong (an upstream that says 0 for real content).
             while not handle.fetch.done:
                 if handle.fetch.error is not None:
                     raise handle.fetch.error
