@@ -4,17 +4,23 @@ run on a live cache directory."""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
-from collections.abc import Awaitable, Callable
+import subprocess
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
+from mirror.observe.metrics import Metrics
+from mirror.store.db import Database
 from tests.support import Catalog, Fault, RecordingProxy
 from tests.support.mirror_app import make_app
+from tests.support.waiting import until
 
 ClientFactory = Callable[[web.Application], Awaitable[TestClient[Any, Any]]]
 
@@ -72,3 +78,63 @@ async def test_zero_content_length_for_a_non_empty_digest_never_completes(
     r = await mirror.get(url)
     assert r.status == 200
     assert "sha256:" + hashlib.sha256(await r.read()).hexdigest() == layer.digest
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A real file system of 2 MiB (tmpfs), to run out of space for real."""
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        pytest.fail(f"cannot mount a tmpfs (the test needs root): {proc.stderr.strip()}",
+                    pytrace=False)
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=True)
+
+
+def fill(path: Path) -> None:
+    """Write to `path` until the file system is full."""
+    with open(path, "wb") as f:
+        try:
+            while True:
+                f.write(b"\0" * 65536)
+                f.flush()
+        except OSError as e:
+            assert e.errno == errno.ENOSPC
+
+
+def lost(metrics: Metrics, reason: str) -> float:
+    value = metrics.registry.get_sample_value("mirror_index_writes_lost_total", {"reason": reason})
+    return value or 0.0
+
+
+async def test_index_writer_survives_a_full_disk(small_disk: Path) -> None:
+    """SQLite rolls a transaction back by itself on SQLITE_FULL; the writer's own ROLLBACK then
+    raised and ended the flusher, after which nothing more landed. The writer survives, counts
+    the writes it lost, keeps its queue bounded, and writes again once there is room."""
+    metrics = Metrics()
+    db = Database(small_disk / "index.db", metrics, max_pending=500)
+    await db.start()
+    try:
+        fill(small_disk / "filler")
+        for i in range(400):  # more pages than the full disk has: the commit fails
+            db.write("INSERT INTO tags (upstream, repo, tag, checked_at) VALUES (?, ?, ?, ?)",
+                     ("u", "r" * 500, f"t{i}", 0.0))
+        await until("the failed batch is counted", lambda: lost(metrics, "error") >= 400)
+        for i in range(600):  # faster than any flush: the queue stays bounded
+            db.write("INSERT INTO tags (upstream, repo, tag, checked_at) VALUES (?, ?, ?, ?)",
+                     ("u", "q", f"o{i}", 0.0))
+        assert lost(metrics, "overflow") == 100
+        await until("the queue drained", lambda: db.backlog == 0)
+        (small_disk / "filler").unlink()
+        db.write("INSERT INTO tags (upstream, repo, tag, checked_at) VALUES (?, ?, ?, ?)",
+                 ("u", "r", "after", 1.0))
+        await until("a write lands after space came back", lambda: db.query_one(
+            "SELECT checked_at FROM tags WHERE tag='after'") is not None)
+    finally:
+        await db.close()
+

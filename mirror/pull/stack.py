@@ -58,7 +58,7 @@ async def build_services(config: Config, metrics: Metrics, *, shared_dir: bool =
     must `await close()`. No upstream client at all when the config is offline.
     `shared_dir`: one of several worker processes sharing cache.dir (no sweep, cross-process
     downloads); `evicting`: this process keeps the hot tier's budget (one of them does)."""
-    db = Database(config.cache.dir / "index.db")
+    db = Database(config.cache.dir / "index.db", metrics)
     tier = DiskTier(config.cache.dir, db, config.cache.max_size, metrics,
                     config.cache.high_watermark, config.cache.low_watermark, evicting=evicting)
     loop = asyncio.get_running_loop()
