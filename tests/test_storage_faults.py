@@ -8,18 +8,26 @@ import errno
 import hashlib
 import json
 import subprocess
+import sys
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from mirror.observe.metrics import Metrics
+from mirror.oci.errors import CacheConflict
+from mirror.oci.models import Digest
 from mirror.store.db import Database
+from mirror.store.dirlock import CacheDirLock
+from mirror.store.disk import DiskTier
+from mirror.store.xprocess import SharedPart
 from tests.support import Catalog, Fault, RecordingProxy
 from tests.support.mirror_app import make_app
+from tests.support.mirror_proc import MirrorProcess, mirror_config
 from tests.support.waiting import until
 
 ClientFactory = Callable[[web.Application], Awaitable[TestClient[Any, Any]]]
@@ -138,3 +146,59 @@ async def test_index_writer_survives_a_full_disk(small_disk: Path) -> None:
     finally:
         await db.close()
 
+
+
+async def test_commit_refuses_a_temp_path_that_names_another_file(tmp_path: Path) -> None:
+    """The commit renames by path, and a download's .part name is fixed: if tmp/ was swept and
+    another process made a new part at that name, the rename would publish bytes nobody
+    verified. The commit checks that the path is still the file it hashed."""
+    db = Database(tmp_path / "index.db")
+    tier = DiskTier(tmp_path, db, 1 << 30, Metrics())
+    tier.open_sync()
+    data = b"verified bytes" * 1000
+    digest = Digest.of(data)
+    for replaced in (True, False):
+        part = SharedPart(tier, digest, len(data))
+        part.take_over_sync()
+        part.write_sync(data)
+        part.path.unlink()  # a sweep of tmp/ ...
+        if replaced:  # ... and another process's new part of the same digest
+            part.path.write_bytes(b"x" * len(data))
+        with pytest.raises(CacheConflict):
+            await tier.commit(part)
+        assert not tier.path(digest).exists() and tier.entry(digest) is None
+        part.path.unlink(missing_ok=True)
+    db.close_sync()
+
+
+def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "mirror", *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=120)
+
+
+def test_maintenance_commands_refuse_a_live_cache_dir(catalog: Catalog, tmp_path: Path) -> None:
+    """`mirror gc`, `import` and `seed` sweep tmp/ and write behind a server's back: against a
+    cache.dir a running server holds they stop with one clear line and touch nothing; once it
+    stopped they run. A server does not start under a maintenance command either."""
+    cache = tmp_path / "cache"
+    cfg = mirror_config({"docker.io": catalog.registry_url}, cache)
+    cfg_path = tmp_path / "mirror.yaml"
+    cfg_path.write_text(yaml.safe_dump(cfg))
+    with MirrorProcess(cfg, workdir=tmp_path / "serve"):
+        in_use = cache / "tmp" / "sha256-0123.part"  # stands for a download in progress
+        in_use.write_bytes(b"partial")
+        for args in (("gc",), ("seed", "library/busybox:latest"),
+                     ("import", str(tmp_path / "bundle.tar"))):
+            r = cli(*args, "-c", str(cfg_path), cwd=tmp_path)
+            assert r.returncode == 1, (args, r.stdout, r.stderr)
+            lines = r.stderr.strip().splitlines()
+            assert len(lines) == 1 and "is in use by a running mirror serve" in lines[0], lines
+            assert f"before mirror {args[0]}" in lines[0]
+            assert in_use.read_bytes() == b"partial"  # nothing swept
+    r = cli("gc", "-c", str(cfg_path), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert not in_use.exists()  # with no server, the sweep is the tool's to do
+    with CacheDirLock.exclusive(cache, "this test"):
+        server = MirrorProcess(cfg, workdir=tmp_path / "serve2")
+        with pytest.raises(RuntimeError, match="in use by a maintenance command"):
+            server.start()

@@ -76,7 +76,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except OSError as e:
         print(f"mirror: cannot listen on {config.listen}: {e.strerror}", file=sys.stderr)
         return 1
-    run(app, sock, banner, shutdown_timeout=5)  # like web.run_app, plus TLS reload and limits
+    from mirror.store.dirlock import CacheDirBusy
+
+    try:
+        run(app, sock, banner, shutdown_timeout=5)  # like web.run_app, plus TLS reload and limits
+    except CacheDirBusy as e:
+        print(f"mirror: {e}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -28,6 +28,7 @@ from mirror.observe.metrics import Metrics
 from mirror.observe.pullstats import PullStats
 from mirror.oci.routing import Route, resolve_route
 from mirror.pull.stack import build_services
+from mirror.store.dirlock import CacheDirLock
 from mirror.store.disk import DiskTier
 
 log = logging.getLogger("mirror.http.app")
@@ -92,8 +93,15 @@ def _security(app: web.Application, config: Config) -> None:
 async def _service_ctx(app: web.Application) -> AsyncIterator[None]:
     config, metrics = app[CONFIG], app[METRICS]
     worker = app.get(WORKER)
-    parts = await build_services(config, metrics, shared_dir=worker is not None,
-                                 evicting=worker is None or worker.primary)
+    # Held while serving: `mirror gc`/`import`/`seed` refuse to run on a live cache.dir (they
+    # would sweep tmp/ under our downloads); raises CacheDirBusy while one of them runs.
+    dirlock = CacheDirLock.shared(config.cache.dir)
+    try:
+        parts = await build_services(config, metrics, shared_dir=worker is not None,
+                                     evicting=worker is None or worker.primary)
+    except BaseException:
+        dirlock.release()
+        raise
     tier, clients, service = parts.tier, parts.clients, parts.service
     app[SERVICE] = service
     started = time.time()
@@ -126,6 +134,7 @@ async def _service_ctx(app: web.Application) -> AsyncIterator[None]:
             task.cancel()
         await asyncio.gather(*background, return_exceptions=True)
         await parts.close()
+        dirlock.release()
 
 
 async def _evict_loop(tier: DiskTier, shared: SharedDownloads | None) -> None:
