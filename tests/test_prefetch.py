@@ -18,6 +18,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
+from mirror.http.keys import SERVICE
 from tests.support import Catalog, RecordingProxy
 from tests.support.images import MT_DOCKER_MANIFEST, ImagePusher, PushedImage, synthetic_layer
 from tests.support.mirror_app import make_app
@@ -153,3 +154,18 @@ async def test_a_download_a_client_waits_for_is_not_deprioritised(
     await get_every_blob(client, image)
     assert len(blob_gets(registry_tap)) == len(image.blobs)
     assert set(ahead_threads()) <= before, "a client's own download went to the low-priority threads"
+
+
+async def test_many_pulls_of_one_cold_manifest_queue_its_blobs_once(
+        aiohttp_client: ClientFactory, registry_tap: RecordingProxy, catalog: Catalog,
+        tmp_path: Path) -> None:
+    image = push_four_layers(catalog)
+    client = await mirror_for(aiohttp_client, registry_tap, tmp_path, parallel=1)
+    blobs = client.app[SERVICE].blobs
+    for _ in range(10):  # while the first prefetches are still downloading
+        await get_manifest(client, image)
+    assert blobs.prefetch_backlog() <= len(image.blobs) - 1  # each queued once (not 10 times)
+    gets = await all_blobs_fetched(registry_tap, image)
+    assert sorted(r.path.rsplit("/", 1)[1] for r in gets) == sorted(b.digest for b in image.blobs)
+    assert blobs.prefetch_backlog() == 0
+    await assert_served_from_cache(client, registry_tap, image)

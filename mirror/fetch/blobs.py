@@ -83,6 +83,8 @@ class BlobFetcher:
         # not take the CPU and the link from the download it is waiting for (bench/README.md).
         self.prefetch_parallel = max(1, prefetch_parallel)
         self._prefetch_queue: deque[tuple[UpstreamClient, str, Digest, int | None]] = deque()
+        # Digests in the queue: N pulls of one cold manifest queue its blobs once, not N times.
+        self._prefetch_queued: set[str] = set()
         self._prefetching = 0
         # Batches of a download no client is reading yet (a prefetch) are written and hashed
         # on threads at a lower CPU priority: on a host shared with its clients they yield to
@@ -95,6 +97,7 @@ class BlobFetcher:
     async def close(self) -> None:
         """Stop every download: their temp files are removed, nothing half-written stays."""
         self._prefetch_queue.clear()
+        self._prefetch_queued.clear()
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -103,6 +106,10 @@ class BlobFetcher:
 
     def inflight(self) -> int:
         return len(self._fetches)
+
+    def prefetch_backlog(self) -> int:
+        """Blobs queued for prefetch, not started yet."""
+        return len(self._prefetch_queue)
 
     def _slot(self, client: UpstreamClient) -> asyncio.Semaphore:
         sem = self._slots.get(client.name)
@@ -215,9 +222,10 @@ class BlobFetcher:
             fetch.task.cancel()
 
     def prefetch(self, client: UpstreamClient, repo: str, digest: Digest, size: int | None) -> bool:
-        """Queue a blob nobody asked for yet. False if cached or already in flight."""
-        if self._needless(digest):
+        """Queue a blob nobody asked for yet. False if cached, in flight or queued already."""
+        if str(digest) in self._prefetch_queued or self._needless(digest):
             return False
+        self._prefetch_queued.add(str(digest))
         self._prefetch_queue.append((client, repo, digest, size))
         self._pump_prefetches()
         return True
@@ -232,6 +240,7 @@ class BlobFetcher:
         # A queued blob that a client asked for meanwhile is in flight already: skipped here.
         while self._prefetching < self.prefetch_parallel and self._prefetch_queue:
             client, repo, digest, size = self._prefetch_queue.popleft()
+            self._prefetch_queued.discard(str(digest))
             if self._needless(digest):
                 continue
             fetch = self._start(client, repo, digest, size)
