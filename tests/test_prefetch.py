@@ -19,11 +19,12 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from mirror.http.keys import SERVICE
-from tests.support import Catalog, RecordingProxy
+from tests.support import AMD64, ARM64, Catalog, RecordingProxy
 from tests.support.images import MT_DOCKER_MANIFEST, ImagePusher, PushedImage, synthetic_layer
-from tests.support.mirror_app import make_app
+from tests.support.mirror_app import accept_all, make_app
 from tests.support.recording import RecordedRequest
 from tests.support.tap import Fault
+from tests.support.waiting import until
 
 ClientFactory = Callable[[web.Application], Awaitable[TestClient[Any, Any]]]
 MiB = 1024 * 1024
@@ -169,3 +170,61 @@ async def test_many_pulls_of_one_cold_manifest_queue_its_blobs_once(
     assert sorted(r.path.rsplit("/", 1)[1] for r in gets) == sorted(b.digest for b in image.blobs)
     assert blobs.prefetch_backlog() == 0
     await assert_served_from_cache(client, registry_tap, image)
+
+
+def push_two_platforms(catalog: Catalog) -> PushedImage:
+    tag = uuid.uuid4().hex[:8]
+    p = ImagePusher(catalog.registry_url)
+    repo = f"prefetch/multi-{tag}"
+    amd = p.push_image(repo, None, [synthetic_layer(f"amd-{tag}", kib=256)], AMD64, oci=True)
+    arm = p.push_image(repo, None, [synthetic_layer(f"arm-{tag}", kib=256)], ARM64, oci=True)
+    return p.push_index(repo, "1", [amd, arm], oci=True)
+
+
+def fetched(tap: RecordingProxy, image: PushedImage) -> set[str]:
+    """Which of the image's manifest and blobs the upstream was asked for (GET)."""
+    names = {image.digest, *(b.digest for b in image.blobs)}
+    return {r.path.rsplit("/", 1)[1] for r in tap.requests if r.method == "GET"} & names
+
+
+async def wait_fetched(tap: RecordingProxy, image: PushedImage) -> None:
+    want = {image.digest, *(b.digest for b in image.blobs)}
+    await until(f"{image.platform} fetched", lambda: fetched(tap, image) == want and all(
+        r.finished is not None for r in blob_gets(tap)))
+
+
+async def test_an_arm64_client_gets_its_own_platform_prefetched_not_amd64(
+        aiohttp_client: ClientFactory, registry_tap: RecordingProxy, catalog: Catalog,
+        tmp_path: Path) -> None:
+    """Without prefetch.platforms the index names no platform: the child the client asks for
+    next does, and its blobs are what gets prefetched."""
+    index = push_two_platforms(catalog)
+    amd, arm = index.children
+    client = await mirror_for(aiohttp_client, registry_tap, tmp_path, parallel=1)
+    r = await client.get(f"/v2/{index.repo}/manifests/1", headers=accept_all())
+    assert r.status == 200 and r.headers["Docker-Content-Digest"] == index.digest
+    r = await client.get(f"/v2/{index.repo}/manifests/{arm.digest}", headers=accept_all())
+    assert r.status == 200
+    await wait_fetched(registry_tap, arm)  # behind any amd64 prefetch queued before it
+    assert fetched(registry_tap, amd) == set(), registry_tap.describe()
+    await assert_served_from_cache(client, registry_tap, arm)
+
+
+async def test_configured_platforms_are_prefetched_with_the_index(
+        aiohttp_client: ClientFactory, registry_tap: RecordingProxy, catalog: Catalog,
+        tmp_path: Path) -> None:
+    index = push_two_platforms(catalog)
+    amd, arm = index.children
+    registry_tap.set_fault(Fault("slow", rate=2 * MiB, match="/blobs/", method="GET"))
+    client = await aiohttp_client(make_app({"docker.io": registry_tap.url}, tmp_path / "cache",
+                                           prefetch={"parallel": 1,
+                                                     "platforms": ["linux/arm64/v8"]}))
+    for _ in range(5):  # fetched once, however often the index is pulled
+        r = await client.get(f"/v2/{index.repo}/manifests/1", headers=accept_all())
+        assert r.status == 200
+    await wait_fetched(registry_tap, arm)
+    assert len([r for r in registry_tap.requests if arm.digest in r.path]) == 1
+    assert fetched(registry_tap, amd) == set(), registry_tap.describe()
+    r = await client.get(f"/v2/{index.repo}/manifests/{arm.digest}", headers=accept_all())
+    assert r.status == 200 and await r.read() == arm.manifest
+    await assert_served_from_cache(client, registry_tap, arm)

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from mirror.oci.models import Platform
 from mirror.oci.routing import DOCKER_HUB
 
 
@@ -79,6 +80,9 @@ class CacheConfig:
 class PrefetchConfig:
     enabled: bool = True
     parallel: int = 4
+    # Children of an index fetched when the index is served. Empty: none; the client's next
+    # request (its platform's manifest) names the one to prefetch.
+    platforms: tuple[Platform, ...] = ()
 
 
 @dataclass(frozen=True)
