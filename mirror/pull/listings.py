@@ -48,7 +48,7 @@ class Listings:
         return answer
 
     def _from_index(self, upstream: str, repo: str) -> PassThrough:
-        names = sorted(t for (u, r, t, _) in self.tags.all() if u == upstream and r == repo)
+        names = self.tags.tags_of(upstream, repo)
         if not names:
             raise NameUnknown(f"repository {repo} is not known to this mirror")
         body = json.dumps({"name": repo, "tags": names}).encode()

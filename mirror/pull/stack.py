@@ -78,6 +78,7 @@ async def build_services(config: Config, metrics: Metrics, *, shared_dir: bool =
             sessions.append(session)
             clients[up.name] = UpstreamClient(up, session, metrics)
     tags = TagIndex(db)
+    tags.drop_negative()
     tiers = build_tiered(config, tier, db, metrics) if config.cache.object_store else None
     shared = SharedDownloads(tier, db) if shared_dir else None
     # Access rules make repositories differ in who may pull them: then a cached digest is only
