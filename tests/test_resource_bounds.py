@@ -4,7 +4,12 @@ shared with cache I/O, connections held by clients that stop reading."""
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import hashlib
+import json
 import sqlite3
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -18,7 +23,8 @@ from mirror.pull.listings import Listings
 from mirror.store.db import Database
 from mirror.store.index import TagIndex, TagRecord
 from mirror.store.links import RepoLinks
-from tests.support import FakeRegistry
+from tests.support import Catalog, FakeRegistry, RecordingProxy
+from tests.support.certs import write_htpasswd
 from tests.support.images import synthetic_layer
 from tests.support.mirror_app import accept_all, make_app
 from tests.support.waiting import until
@@ -130,3 +136,47 @@ async def test_offline_tag_list_reads_only_the_repository(tmp_path: Path) -> Non
     finally:
         db.close_sync()
 
+
+
+def basic(user: str, password: str) -> dict[str, str]:
+    return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
+
+
+async def test_a_flood_of_wrong_passwords_does_not_starve_cache_io(
+        aiohttp_client: ClientFactory, registry_tap: RecordingProxy, catalog: Catalog,
+        tmp_path: Path) -> None:
+    """bcrypt ran on the default executor, which also writes and commits downloads: 40 wrong
+    passwords at once queued every pull's disk I/O behind them. Password checks get their own
+    few threads and a short queue; beyond it a check fails at once with 429."""
+    htpasswd = write_htpasswd(tmp_path / "htpasswd", {"alice": "alice-pw", "bob": "bob-pw"},
+                              rounds=11)  # a production cost: ~0.1 s of CPU per check
+    client = await aiohttp_client(make_app({"docker.io": registry_tap.url}, tmp_path / "cache",
+                                           prefetch={"enabled": False},
+                                           auth={"htpasswd": str(htpasswd)}))
+    alice = basic("alice", "alice-pw")
+    assert (await client.get("/v2/", headers=alice)).status == 200  # her next checks are cached
+    t0 = time.monotonic()
+    assert (await client.get("/v2/", headers=basic("alice", "wrong"))).status == 401
+    one_check = time.monotonic() - t0
+
+    async def wrong(i: int) -> tuple[int, bytes]:
+        r = await client.get("/v2/", headers=basic("alice", f"guess-{i}"))
+        return r.status, await r.read()
+
+    flood = [asyncio.create_task(wrong(i)) for i in range(40)]
+    layer = catalog["library/alpine-ish:3.19"].layers[0]
+    t0 = time.monotonic()
+    r = await client.get(f"/v2/library/alpine-ish/blobs/{layer.digest}", headers=alice)
+    body = await r.read()
+    pulled = time.monotonic() - t0
+    answers = await asyncio.gather(*flood)
+    assert r.status == 200 and "sha256:" + hashlib.sha256(body).hexdigest() == layer.digest
+    # Its download's writes and commit did not wait for the password checks queued before it
+    # (40 checks on the default executor's threads take ~10 times one check here).
+    assert pulled < 3 * one_check, (pulled, one_check)
+    statuses = sorted({s for s, _ in answers})
+    assert statuses == [401, 429], statuses
+    busy = next(b for s, b in answers if s == 429)
+    assert json.loads(busy)["errors"][0]["code"] == "TOOMANYREQUESTS"
+    assert b"guess-" not in busy and b"alice" not in busy
+    assert (await client.get("/v2/", headers=basic("bob", "bob-pw"))).status == 200

@@ -85,6 +85,7 @@ def _security(app: web.Application, config: Config) -> None:
     if config.auth is not None:
         app[CLIENT_AUTH] = ClientAuth(config.auth, app[METRICS].registry, app[ROUTER])
         app[RELOAD].append(app[CLIENT_AUTH].reload)
+        app.cleanup_ctx.append(app[CLIENT_AUTH].ctx)
     if config.tls is not None:
         app[SERVER_TLS] = ServerTLS(config.tls)
         app[RELOAD].append(app[SERVER_TLS].reload)
