@@ -151,7 +151,9 @@ def _security_lines(config: Config) -> list[str]:
     lim = config.limits
     rate = f", rate {lim.rate_limit.rate}/s burst {lim.rate_limit.burst}" if lim.rate_limit else ""
     lines.append(f"limits: header {lim.max_header_size} B, connections "
-                 f"{lim.max_connections or 'unlimited'}, client timeout {lim.client_timeout:g}s{rate}")
+                 f"{lim.max_connections or 'unlimited'} ({lim.max_connections_per_client or 'any'} "
+                 f"per address), client timeout {lim.client_timeout:g}s, send timeout "
+                 f"{lim.send_timeout:g}s{rate}")
     return lines
 
 

@@ -146,6 +146,8 @@ class LimitsConfig:
     max_connections: int | None = 1024  # None (0 in YAML): unlimited
     client_timeout: float = 60.0  # to receive a complete request head (and TLS handshake)
     rate_limit: RateLimitConfig | None = None
+    send_timeout: float = 60.0  # a response whose client takes no bytes for this long is cut
+    max_connections_per_client: int | None = 256  # per client address; None (0): unlimited
 
 
 @dataclass(frozen=True)
