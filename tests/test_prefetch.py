@@ -5,7 +5,6 @@ show."""
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import os
 import threading
@@ -40,14 +39,21 @@ def blob_gets(tap: RecordingProxy) -> list[RecordedRequest]:
     return [r for r in tap.requests if r.kind == "blob" and r.method == "GET"]
 
 
-async def all_blobs_fetched(tap: RecordingProxy, image: PushedImage) -> list[RecordedRequest]:
-    for _ in range(400):
+async def all_blobs_fetched(client: TestClient[Any, Any], tap: RecordingProxy,
+                            image: PushedImage) -> list[RecordedRequest]:
+    """The blob GETs the upstream saw, once every blob of `image` was fetched and the mirror
+    has nothing more in flight or queued: no further fetch can show up after this."""
+    blobs = client.app[SERVICE].blobs
+    want = {b.digest for b in image.blobs}
+
+    def settled() -> bool:
         gets = blob_gets(tap)
-        if len(gets) >= len(image.blobs) and all(r.finished is not None for r in gets):
-            await asyncio.sleep(0.2)  # anything beyond the expected fetches shows up too
-            return blob_gets(tap)
-        await asyncio.sleep(0.025)
-    raise AssertionError(f"prefetch did not fetch every blob: {len(blob_gets(tap))} GETs")
+        return (want <= {r.path.rsplit("/", 1)[1] for r in gets}
+                and all(r.finished is not None for r in gets)
+                and blobs.inflight() == 0 and blobs.prefetch_backlog() == 0)
+
+    await until("prefetch to fetch every blob and settle", settled, within=10)
+    return blob_gets(tap)
 
 
 def most_at_once(gets: list[RecordedRequest]) -> int:
@@ -94,7 +100,7 @@ async def test_prefetch_runs_in_manifest_order_at_most_parallel_at_once(
     image = push_four_layers(catalog)
     client = await mirror_for(aiohttp_client, registry_tap, tmp_path, parallel=parallel)
     await get_manifest(client, image)
-    gets = await all_blobs_fetched(registry_tap, image)
+    gets = await all_blobs_fetched(client, registry_tap, image)
     started = [r.path.rsplit("/", 1)[1] for r in gets]
     assert sorted(started) == sorted(b.digest for b in image.blobs)
     if parallel == 1:
@@ -113,7 +119,7 @@ async def test_a_client_request_does_not_wait_behind_queued_prefetches(
     r = await client.get(f"/v2/{image.repo}/blobs/{last.digest}")
     assert r.status == 200
     assert "sha256:" + hashlib.sha256(await r.read()).hexdigest() == last.digest
-    gets = await all_blobs_fetched(registry_tap, image)
+    gets = await all_blobs_fetched(client, registry_tap, image)
     by_digest = {r.path.rsplit("/", 1)[1]: r for r in gets}
     assert len(gets) == len(by_digest) == len(image.blobs), "each blob fetched upstream once"
     first = by_digest[image.blobs[0].digest]
@@ -138,7 +144,7 @@ async def test_prefetches_are_written_at_low_priority(
     image = push_four_layers(catalog)
     client = await mirror_for(aiohttp_client, registry_tap, tmp_path, parallel=2)
     await get_manifest(client, image)
-    await all_blobs_fetched(registry_tap, image)
+    await all_blobs_fetched(client, registry_tap, image)
     new = {tid: nice for tid, nice in ahead_threads().items() if tid not in before}
     assert new, "prefetched blobs were not written by the low-priority threads"
     assert set(new.values()) == {10}
@@ -166,7 +172,7 @@ async def test_many_pulls_of_one_cold_manifest_queue_its_blobs_once(
     for _ in range(10):  # while the first prefetches are still downloading
         await get_manifest(client, image)
     assert blobs.prefetch_backlog() <= len(image.blobs) - 1  # each queued once (not 10 times)
-    gets = await all_blobs_fetched(registry_tap, image)
+    gets = await all_blobs_fetched(client, registry_tap, image)
     assert sorted(r.path.rsplit("/", 1)[1] for r in gets) == sorted(b.digest for b in image.blobs)
     assert blobs.prefetch_backlog() == 0
     await assert_served_from_cache(client, registry_tap, image)
