@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from mirror.fetch.blobs import Download
 from mirror.oci.errors import MirrorError
 from mirror.oci.imageref import ImageRef
 from mirror.oci.models import (
@@ -304,12 +305,12 @@ class ServiceSource:
         handle = await service.blobs.open(service.client(ref.upstream), ref.repo, desc.digest,
                                           desc.size if desc.size >= 0 else None)
         try:
-            fetch = handle.fetch
-            if fetch is None:
+            if not isinstance(handle.body, Download):
                 return False  # finished by someone else meanwhile
-            if handle.fd is not None:
-                fetch.close_reader(handle.fd)  # we only wait; nothing is read here
-                handle.fd = None
+            fetch = handle.body.fetch
+            if handle.body.fd is not None:
+                fetch.close_reader(handle.body.fd)  # we only wait; nothing is read here
+                handle.body.fd = None
             seen = 0
             while not fetch.done:
                 if fetch.error is not None:

@@ -24,15 +24,16 @@ async def run_gc(config: Config, upload_wait: float = 300.0) -> dict[str, int]:
     parts = await build_services(dataclasses.replace(config, offline=True), Metrics())
     try:
         tier = parts.tier
-        if parts.tiers is not None:
-            r = await parts.tiers.gc(upload_wait)
-            return {"hot_evicted": r.hot_evicted, "hot_freed": r.hot_freed,
-                    "hot_used": r.hot_used, "hot_max": r.hot_max, "uploads_left": r.uploads_left,
-                    "cold_removed": r.cold_removed, "cold_freed": r.cold_freed,
-                    "cold_objects": r.cold_objects, "cold_bytes": r.cold_bytes}
-        evicted, freed = (await tier.evict()) if tier.used > tier.high else (0, 0)
-        return {"hot_evicted": evicted, "hot_freed": freed, "hot_used": tier.used,
-                "hot_max": tier.max_size}
+        # Pending uploads first: the evictor then finds nothing left to wait for.
+        cold = await parts.tiers.gc(upload_wait) if parts.tiers is not None else None
+        evicted, freed = (await parts.evictor.evict()) if tier.over_budget() else (0, 0)
+        report = {"hot_evicted": evicted, "hot_freed": freed, "hot_used": tier.used,
+                  "hot_max": tier.max_size}
+        if cold is not None:
+            report.update({"uploads_left": cold.uploads_left, "cold_removed": cold.cold_removed,
+                           "cold_freed": cold.cold_freed, "cold_objects": cold.cold_objects,
+                           "cold_bytes": cold.cold_bytes})
+        return report
     finally:
         await parts.close()
 

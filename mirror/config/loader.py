@@ -76,7 +76,7 @@ def _object_store(reader: _Reader, raw: Any) -> ObjectStoreConfig | None:
     path = "cache.object_store"
     sec = reader.section(raw, path, {"url", "endpoint", "region", "access_key_id",
                                      "secret_access_key_env", "allow_http", "max_age",
-                                     "upload_concurrency"})
+                                     "upload_concurrency", "lookup_timeout"})
     url = _url(reader, f"{path}.url", sec.get("url"), ("s3", "gs", "az", "file", "memory"))
     endpoint = sec.get("endpoint")
     if endpoint is not None:
@@ -96,6 +96,10 @@ def _object_store(reader: _Reader, raw: Any) -> ObjectStoreConfig | None:
     if max_age is not None and max_age <= 0:
         reader.problem(f"{path}.max_age", "must be longer than 0 (leave it out to keep cold "
                        "objects forever)")
+    lookup_timeout = reader.convert(sec, "lookup_timeout", f"{path}.lookup_timeout", parse_duration,
+                                    ObjectStoreConfig.lookup_timeout)
+    if lookup_timeout <= 0:
+        reader.problem(f"{path}.lookup_timeout", "must be longer than 0")
     concurrency = reader.get(sec, "upload_concurrency", f"{path}.upload_concurrency", int, 4)
     if concurrency < 1:
         reader.problem(f"{path}.upload_concurrency", "must be at least 1")
@@ -114,6 +118,7 @@ def _object_store(reader: _Reader, raw: Any) -> ObjectStoreConfig | None:
         secret_access_key=secret,
         allow_http=reader.get(sec, "allow_http", f"{path}.allow_http", bool, True),
         max_age=max_age,
+        lookup_timeout=lookup_timeout,
         upload_concurrency=max(concurrency, 1),
     )
 

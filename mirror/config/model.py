@@ -60,6 +60,9 @@ class ObjectStoreConfig:
     allow_http: bool = True
     max_age: float | None = None  # seconds; None keeps cold objects forever
     upload_concurrency: int = 4
+    # Longest a client's request waits for the cold tier to say whether it holds something;
+    # past it the upstream is asked and the cold tier is skipped for a while (store/tiered.py).
+    lookup_timeout: float = 1.0
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,6 @@ import asyncio
 import logging
 import time
 import weakref
-from collections import deque
 from collections.abc import AsyncIterator
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -43,20 +42,40 @@ Source = Literal["hot", "cold", "upstream"]
 
 
 @dataclass(slots=True)
+class CommittedFile:
+    """A verified file in the hot tier, pinned until released. It is opened at once, while we
+    know it exists (another worker may evict the path, an operator delete it); the response
+    takes `file`."""
+
+    path: Path
+    file: IO[bytes] | None = None
+
+
+@dataclass(slots=True)
+class Download:
+    """A download in progress: `fd` is this client's own descriptor on its growing temp file
+    (the response takes it; None once taken or closed)."""
+
+    fetch: BlobFetch
+    fd: int | None
+
+
+@dataclass(slots=True)
+class Uncached:
+    """A verified stream straight from the upstream, for when the hot tier cannot take it."""
+
+    stream: AsyncIterator[bytes]
+
+
+@dataclass(slots=True)
 class BlobHandle:
-    """What a handler needs to answer a blob request. Exactly one of path/fetch is set."""
+    """What a handler needs to answer a blob request; `body` says how the bytes are served."""
 
     digest: Digest
     size: int | None
     source: Source
     result: Literal["hit", "miss", "coalesced"]
-    path: Path | None = None
-    fetch: BlobFetch | None = None
-    fd: int | None = None  # reader descriptor on the fetch's temp file
-    body: AsyncIterator[bytes] | None = None  # uncached, verified stream (disk full)
-    # The hot-tier file, already open (it may be deleted under us: local() says why); the
-    # response takes it, release() closes it.
-    file: IO[bytes] | None = None
+    body: CommittedFile | Download | Uncached
 
 
 class BlobFetcher:
@@ -82,9 +101,8 @@ class BlobFetcher:
         # reads layers one after another finds the next one under way, and the prefetches do
         # not take the CPU and the link from the download it is waiting for (bench/README.md).
         self.prefetch_parallel = max(1, prefetch_parallel)
-        self._prefetch_queue: deque[tuple[UpstreamClient, str, Digest, int | None]] = deque()
-        # Digests in the queue: N pulls of one cold manifest queue its blobs once, not N times.
-        self._prefetch_queued: set[str] = set()
+        # In order, by digest: N pulls of one cold manifest queue its blobs once, not N times.
+        self._prefetch_queue: dict[str, tuple[UpstreamClient, str, Digest, int | None]] = {}
         self._prefetching = 0
         # Batches of a download no client is reading yet (a prefetch) are written and hashed
         # on threads at a lower CPU priority: on a host shared with its clients they yield to
@@ -97,7 +115,6 @@ class BlobFetcher:
     async def close(self) -> None:
         """Stop every download: their temp files are removed, nothing half-written stays."""
         self._prefetch_queue.clear()
-        self._prefetch_queued.clear()
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -107,8 +124,7 @@ class BlobFetcher:
     def inflight(self) -> int:
         return len(self._fetches)
 
-    def prefetch_backlog(self) -> int:
-        """Blobs queued for prefetch, not started yet."""
+    def prefetch_backlog(self) -> int:  # blobs queued for prefetch, not started yet
         return len(self._prefetch_queue)
 
     def _slot(self, client: UpstreamClient) -> asyncio.Semaphore:
@@ -123,16 +139,15 @@ class BlobFetcher:
         if entry is None:
             return None
         path = self.tier.path(digest)
-        # Opened while we still know it exists: with server.workers > 1 another worker may
-        # evict it, and in any mode an operator may delete it or a delete/re-commit may race.
-        # A file that has gone is forgotten and fetched again, never a 500.
+        # Opened now (see CommittedFile): a file that has gone (evicted by another worker, an
+        # operator's delete, a delete/re-commit race) is forgotten and fetched again.
         try:
             fobj = open(path, "rb")  # noqa: SIM115 - handed to the response or closed by release()
         except FileNotFoundError:
             log.warning("cached blob %s has no file any more: fetching it again", digest)
             self.tier.forget(digest)
             return None
-        return BlobHandle(digest, entry.size, "hot", "hit", path=path, file=fobj)
+        return BlobHandle(digest, entry.size, "hot", "hit", CommittedFile(path, fobj))
 
     def _committed_elsewhere(self, digest: Digest) -> BlobHandle | None:
         """server.workers > 1: a blob another worker committed is a hit here too."""
@@ -162,7 +177,7 @@ class BlobFetcher:
             if client is not None and time.monotonic() < self.disk_full_until:
                 size, body = await open_passthrough(client, repo, digest)
                 self.tier.pin(digest)
-                return BlobHandle(digest, size, "upstream", "miss", body=body)
+                return BlobHandle(digest, size, "upstream", "miss", Uncached(body))
             fetch = self._start(None if self.offline else client, repo, digest, expected_size)
             result = "miss"
         else:
@@ -193,7 +208,7 @@ class BlobFetcher:
             except BaseException:
                 self.tier.unpin(digest)
                 raise
-            return BlobHandle(digest, size, "upstream", "miss", body=body)
+            return BlobHandle(digest, size, "upstream", "miss", Uncached(body))
         except BaseException:
             drop_reader()
             self.tier.unpin(digest)
@@ -205,28 +220,31 @@ class BlobFetcher:
                 if hit is None:
                     self.tier.unpin(digest)
                     raise UpstreamUnavailable(f"blob {digest} vanished right after its download")
-                return BlobHandle(digest, hit.size, "upstream", result, path=hit.path,
-                                  file=hit.file)
+                return BlobHandle(digest, hit.size, "upstream", result, hit.body)
             fd = fetch.open_reader()
         return BlobHandle(digest, fetch.size, self._sources.get(fetch, "upstream"), result,
-                          fetch=fetch, fd=fd)
+                          Download(fetch, fd))
 
     def release(self, handle: BlobHandle) -> None:
         self.tier.unpin(handle.digest)
-        if handle.file is not None:
-            handle.file.close()
-            handle.file = None
-        fetch = handle.fetch
-        if (fetch is not None and not self.finish_abandoned and fetch.readers == 0
-                and not fetch.done and fetch.task is not None):
-            fetch.task.cancel()
+        body = handle.body
+        if isinstance(body, CommittedFile) and body.file is not None:
+            body.file.close()
+            body.file = None
+        if isinstance(body, Download):
+            fetch = body.fetch
+            if body.fd is not None:
+                fetch.close_reader(body.fd)
+                body.fd = None
+            if (not self.finish_abandoned and fetch.readers == 0 and not fetch.done
+                    and fetch.task is not None):
+                fetch.task.cancel()
 
     def prefetch(self, client: UpstreamClient, repo: str, digest: Digest, size: int | None) -> bool:
         """Queue a blob nobody asked for yet. False if cached, in flight or queued already."""
-        if str(digest) in self._prefetch_queued or self._needless(digest):
+        if str(digest) in self._prefetch_queue or self._needless(digest):
             return False
-        self._prefetch_queued.add(str(digest))
-        self._prefetch_queue.append((client, repo, digest, size))
+        self._prefetch_queue[str(digest)] = (client, repo, digest, size)
         self._pump_prefetches()
         return True
 
@@ -239,8 +257,7 @@ class BlobFetcher:
     def _pump_prefetches(self) -> None:
         # A queued blob that a client asked for meanwhile is in flight already: skipped here.
         while self._prefetching < self.prefetch_parallel and self._prefetch_queue:
-            client, repo, digest, size = self._prefetch_queue.popleft()
-            self._prefetch_queued.discard(str(digest))
+            client, repo, digest, size = self._prefetch_queue.pop(next(iter(self._prefetch_queue)))
             if self._needless(digest):
                 continue
             fetch = self._start(client, repo, digest, size)
@@ -264,11 +281,6 @@ class BlobFetcher:
         fetch = self._fetches.get(str(digest))
         if fetch is not None and fetch.task is not None:
             await asyncio.wait([fetch.task])
-
-    def _spawn_eviction(self) -> None:
-        task = asyncio.ensure_future(self.tier.evict())
-        self._evictions.add(task)
-        task.add_done_callback(self._evictions.discard)
 
     def _start(self, client: UpstreamClient | None, repo: str, digest: Digest,
                expected_size: int | None) -> BlobFetch:
@@ -313,7 +325,7 @@ class BlobFetcher:
                     self.disk_full_until = time.monotonic() + DISK_FULL_BACKOFF
                     log.warning("hot tier %s is full: serving misses uncached for %.0fs",
                                 self.tier.root, DISK_FULL_BACKOFF)
-                    self._spawn_eviction()
+                    self.tier.request_eviction(force=True)
             fetch.fail(e if isinstance(e, Exception) else UpstreamUnavailable("fetch cancelled"))
             if not isinstance(e, MirrorError | asyncio.CancelledError):
                 log.exception("fetch of %s from %s failed", digest, up)

@@ -15,7 +15,6 @@ import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Generic, TypeVar
 
-from mirror.store.base import READ_CHUNK
 from mirror.store.temp import TempBlob
 
 K = TypeVar("K")
@@ -122,22 +121,6 @@ class BlobFetch:
                 pos = limit
                 continue
             await self.changed()
-
-    async def stream(self, fd: int, start: int, end: int) -> AsyncIterator[bytes]:
-        """Bytes [start, end] as they arrive (for transports without sendfile)."""
-        loop = asyncio.get_running_loop()
-        try:
-            async for offset, count in self.windows(start, end):
-                pos, stop = offset, offset + count
-                while pos < stop:
-                    chunk = await loop.run_in_executor(None, os.pread, fd,
-                                                       min(READ_CHUNK, stop - pos), pos)
-                    if not chunk:  # cannot happen for bytes already written; never spin
-                        raise OSError("temp file shorter than reported")
-                    pos += len(chunk)
-                    yield chunk
-        finally:
-            self.close_reader(fd)
 
     def close_reader(self, fd: int) -> None:
         os.close(fd)

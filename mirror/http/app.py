@@ -14,7 +14,6 @@ from aiohttp.typedefs import Middleware
 from mirror.airgap.warm import start_warming
 from mirror.auth.clientauth import CLIENT_AUTH, ClientAuth, client_auth_middleware
 from mirror.config import Config
-from mirror.fetch.shared import SharedDownloads
 from mirror.http.keys import CONFIG, METRICS, PULL_STATS, ROUTER, SERVICE, STATUS
 from mirror.http.limits import RateLimiter, rate_limit_middleware, server_handler_args
 from mirror.http.middlewares import errors_middleware
@@ -29,7 +28,6 @@ from mirror.observe.pullstats import PullStats
 from mirror.oci.routing import Route, resolve_route
 from mirror.pull.stack import build_services
 from mirror.store.dirlock import CacheDirLock
-from mirror.store.disk import DiskTier
 
 log = logging.getLogger("mirror.http.app")
 EVICTION_INTERVAL = 5.0
@@ -112,7 +110,7 @@ async def _service_ctx(app: web.Application) -> AsyncIterator[None]:
             "started": started,
             "offline": config.offline,
             "hot": {"used": tier.used, "max": tier.max_size,
-                    "objects": len(list(tier._entries))},
+                    "objects": tier.objects},
             "inflight": service.blobs.inflight(),
             "upstreams": [c.status() for c in clients.values()],
         }
@@ -120,13 +118,13 @@ async def _service_ctx(app: web.Application) -> AsyncIterator[None]:
     app[STATUS] = status
     primary = worker is None or worker.primary  # with several workers, one keeps the budget
     # Every worker catches up with the index (its usage figures); only tier.evicting evicts.
-    background = [asyncio.create_task(_evict_loop(tier, service.blobs.shared), name="evictor")]
+    background = [asyncio.create_task(parts.evictor.run(), name="evictor")]
     warmer = start_warming(service, config) if primary else None  # None when there are none
     if warmer is not None:
         background.append(warmer)
     if parts.tiers is not None and primary:
         parts.tiers.start_periodic()  # cold tier usage and max_age expiry
-    log.info("cache at %s: %d objects, %d bytes of %d", config.cache.dir, len(tier._entries),
+    log.info("cache at %s: %d objects, %d bytes of %d", config.cache.dir, tier.objects,
              tier.used, tier.max_size)
     try:
         yield
@@ -136,15 +134,3 @@ async def _service_ctx(app: web.Application) -> AsyncIterator[None]:
         await asyncio.gather(*background, return_exceptions=True)
         await parts.close()
         dirlock.release()
-
-
-async def _evict_loop(tier: DiskTier, shared: SharedDownloads | None) -> None:
-    while True:
-        await asyncio.sleep(EVICTION_INTERVAL)
-        if shared is not None:
-            shared.learn_from_index()  # what the other workers stored and read meanwhile
-        if tier.evicting and tier.over_budget():
-            try:
-                await tier.evict()
-            except Exception:
-                log.exception("eviction failed")

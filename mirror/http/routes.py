@@ -10,6 +10,7 @@ from urllib.parse import urlencode
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from mirror.fetch.blobs import CommittedFile, Download, Uncached
 from mirror.http.keys import METRICS, ROUTER, SERVICE
 from mirror.http.responses import (
     SendfileResponse,
@@ -125,17 +126,18 @@ async def _blob(request: web.Request, route: Route, ref_text: str,
         result = "hit" if handle.source == "cold" and handle.result == "miss" else handle.result
         rec.result = result
         metrics.requests.labels(route.upstream, "blob", result).inc()
-        if not handle.size and handle.fetch is not None:
+        body = handle.body
+        if not handle.size and isinstance(body, Download):
             # Upstream sent no length: only a finished download tells us the size. A length
             # of 0 waits too: an empty body has no last byte to hold back until the digest
             # verified, so it could complete wrong (an upstream that says 0 for real content).
-            while not handle.fetch.done:
-                if handle.fetch.error is not None:
-                    raise handle.fetch.error
-                await handle.fetch.changed()
-            handle.size = handle.fetch.available
-        if handle.body is not None and (handle.size is None or request.method == "HEAD"):
-            return await _stream_uncached(request, handle.body, handle.size, digest, headers, rec)
+            while not body.fetch.done:
+                if body.fetch.error is not None:
+                    raise body.fetch.error
+                await body.fetch.changed()
+            handle.size = body.fetch.available
+        if isinstance(body, Uncached) and (handle.size is None or request.method == "HEAD"):
+            return await _stream_uncached(request, body.stream, handle.size, digest, headers, rec)
         size = handle.size
         assert size is not None
         rng = parse_range(request.headers.get("Range"), size) if size else None
@@ -154,50 +156,45 @@ async def _blob(request: web.Request, route: Route, ref_text: str,
         count = end - start + 1 if size else 0
         if request.method == "HEAD":
             headers["Content-Length"] = str(count)
-            if handle.fd is not None and handle.fetch is not None:
-                handle.fetch.close_reader(handle.fd)
-                handle.fd = None
             return web.Response(status=status, headers=headers)
-        if handle.body is not None:
-            resp = web.StreamResponse(status=status, headers=headers)
-            resp.content_length = count
-            try:
-                sent = await stream_body(request, resp, handle.body, start, end)
-            except (MirrorError, ConnectionError) as e:
-                log.warning("cut uncached blob %s for a client: %s", digest, e)
-                rec.result = "error"
-                return resp
-        elif handle.path is not None:
-            # Already open with server.workers > 1 (another worker may evict the path).
-            fobj, handle.file = handle.file or open_for_sendfile(handle.path), None
-            resp = SendfileResponse(fobj, start,
-                                                        count, status=status, headers=headers)
-            await resp.prepare(request)
-            sent = count
-        else:
-            assert handle.fetch is not None and handle.fd is not None
-            resp = web.StreamResponse(status=status, headers=headers)
-            resp.content_length = count
-            fd, handle.fd = handle.fd, None
-            t0 = time.monotonic()
-            try:
-                sent = await stream_fetch(request, resp, handle.fetch, fd, start, end)
-            except MirrorError as e:
-                log.warning("cut blob %s for a client after %.1fs: %s", digest,
-                            time.monotonic() - t0, e.message)
-                rec.result = "error"
-                return resp
-            except ConnectionError:  # the client went away; the download goes on for others
-                rec.result = "error"
-                return resp
+        match body:
+            case CommittedFile():
+                # Opened already with server.workers > 1 (another worker may evict the path).
+                fobj, body.file = body.file or open_for_sendfile(body.path), None
+                resp: web.StreamResponse = SendfileResponse(fobj, start, count, status=status,
+                                                            headers=headers)
+                await resp.prepare(request)
+                sent = count
+            case Download():
+                resp = web.StreamResponse(status=status, headers=headers)
+                resp.content_length = count
+                assert body.fd is not None
+                fd, body.fd = body.fd, None  # stream_fetch closes it
+                t0 = time.monotonic()
+                try:
+                    sent = await stream_fetch(request, resp, body.fetch, fd, start, end)
+                except MirrorError as e:
+                    log.warning("cut blob %s for a client after %.1fs: %s", digest,
+                                time.monotonic() - t0, e.message)
+                    rec.result = "error"
+                    return resp
+                except ConnectionError:  # the client went away; the download goes on for others
+                    rec.result = "error"
+                    return resp
+            case Uncached():
+                resp = web.StreamResponse(status=status, headers=headers)
+                resp.content_length = count
+                try:
+                    sent = await stream_body(request, resp, body.stream, start, end)
+                except (MirrorError, ConnectionError) as e:
+                    log.warning("cut uncached blob %s for a client: %s", digest, e)
+                    rec.result = "error"
+                    return resp
         rec.bytes = sent
-        metrics.served(route.upstream, handle.source,  # hot, cold (promoted) or upstream
-                       sent)
+        metrics.served(route.upstream, handle.source, sent)  # hot, cold (promoted) or upstream
         return resp
     finally:
-        if handle.fd is not None and handle.fetch is not None:
-            handle.fetch.close_reader(handle.fd)
-        service.release_blob(handle)
+        service.release_blob(handle)  # closes what the response did not take
 
 
 async def _stream_uncached(request: web.Request, body: AsyncIterator[bytes], size: int | None,

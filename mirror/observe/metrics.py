@@ -213,6 +213,9 @@ class Metrics:
         self.cold_pending = Gauge(
             "mirror_cold_pending_uploads", "Blobs, manifests and tag records waiting to be "
             "copied to the cold tier", registry=r, multiprocess_mode="livesum")
+        self.cold_skips = Counter(
+            "mirror_cold_tier_skips", "Times the cold tier failed or was too slow to answer a "
+            "lookup on a client's path; it is then skipped for a while", registry=r)
 
         self.audit_dropped = Counter(
             "mirror_audit_dropped_lines", "Audit lines dropped because the audit sink fell "

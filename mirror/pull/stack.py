@@ -20,10 +20,13 @@ from mirror.pull.service import PullService
 from mirror.pull.tags import TagResolver
 from mirror.store.db import Database
 from mirror.store.disk import DiskTier
+from mirror.store.eviction import Evictor
 from mirror.store.index import TagIndex
 from mirror.store.links import RepoLinks
-from mirror.store.shared_tags import SharedTags
-from mirror.store.tiered import TieredStore, build_tiered
+from mirror.store.objectstore import ColdTier, build_store
+from mirror.store.shared_tags import SharedTags, tag_records
+from mirror.store.tiered import ColdUsage, TieredStore, UseMarks
+from mirror.store.uploads import Uploader
 from mirror.upstream.client import UpstreamClient
 from mirror.upstream.clients import Upstreams
 
@@ -37,6 +40,7 @@ class Services:
 
     db: Database
     tier: DiskTier
+    evictor: Evictor
     tags: TagIndex
     clients: dict[str, UpstreamClient]
     service: PullService
@@ -45,11 +49,42 @@ class Services:
 
     async def close(self) -> None:
         await self.service.close()
+        await self.evictor.close()
         if self.tiers is not None:
             await self.tiers.close()  # pending uploads stay in the database for next time
         for s in self.sessions:
             await s.close()
         await self.db.close()
+
+
+@dataclass
+class Storage:
+    """The hot tier and (with cache.object_store) the cold tier."""
+
+    tier: DiskTier
+    tiers: TieredStore | None
+
+
+def build_storage(config: Config, db: Database, tags: TagIndex, metrics: Metrics,
+                  evicting: bool) -> Storage:
+    """Wire the tiers: the upload queue exists before the hot tier, which tells it of every
+    commit."""
+    cache, os_config = config.cache, config.cache.object_store
+    if os_config is None:
+        tier = DiskTier(cache.dir, db, cache.max_size, metrics, cache.high_watermark,
+                        cache.low_watermark, evicting=evicting)
+        return Storage(tier, None)
+    cold = ColdTier(build_store(os_config))
+    usage = ColdUsage(metrics, cold.name)
+    marks = UseMarks(cold, os_config.max_age)
+    uploads = Uploader(cache.dir / "blobs", cold, db, metrics, os_config.upload_concurrency,
+                       tag_source=tag_records(tags), on_uploaded=usage.uploaded)
+    tier = DiskTier(cache.dir, db, cache.max_size, metrics, cache.high_watermark,
+                    cache.low_watermark, evicting=evicting, on_commit=uploads.committed,
+                    on_touch=marks.mark_used if os_config.max_age is not None else None)
+    tiers = TieredStore(tier, cold, uploads, metrics, marks=marks, usage=usage,
+                        lookup_timeout=os_config.lookup_timeout, max_age=os_config.max_age)
+    return Storage(tier, tiers)
 
 
 async def build_services(config: Config, metrics: Metrics, *, shared_dir: bool = False,
@@ -59,8 +94,10 @@ async def build_services(config: Config, metrics: Metrics, *, shared_dir: bool =
     `shared_dir`: one of several worker processes sharing cache.dir (no sweep, cross-process
     downloads); `evicting`: this process keeps the hot tier's budget (one of them does)."""
     db = Database(config.cache.dir / "index.db", metrics)
-    tier = DiskTier(config.cache.dir, db, config.cache.max_size, metrics,
-                    config.cache.high_watermark, config.cache.low_watermark, evicting=evicting)
+    tags = TagIndex(db)
+    tags.drop_negative()
+    storage = build_storage(config, db, tags, metrics, evicting)
+    tier, tiers = storage.tier, storage.tiers
     loop = asyncio.get_running_loop()
     await loop.run_in_executor(None, tier.open_sync, not shared_dir)
     await db.start()
@@ -77,10 +114,13 @@ async def build_services(config: Config, metrics: Metrics, *, shared_dir: bool =
             )
             sessions.append(session)
             clients[up.name] = UpstreamClient(up, session, metrics)
-    tags = TagIndex(db)
-    tags.drop_negative()
-    tiers = build_tiered(config, tier, db, metrics) if config.cache.object_store else None
     shared = SharedDownloads(tier, db) if shared_dir else None
+    # The evictor asks the upload queue which victims still wait for their cold copy; in a
+    # worker, each round first learns what the other workers stored and read.
+    uploads = tiers.uploads if tiers is not None else None
+    evictor = Evictor(tier, metrics, guard=uploads.ensure if uploads else None,
+                      pending=uploads.is_pending if uploads else None,
+                      before_round=shared.learn_from_index if shared else None)
     # Access rules make repositories differ in who may pull them: then a cached digest is only
     # served for repositories it is linked to (mirror/store/links.py).
     links = RepoLinks(db) if config.auth is not None else None
@@ -96,4 +136,4 @@ async def build_services(config: Config, metrics: Metrics, *, shared_dir: bool =
                           metrics, links)
     if tiers is not None:
         await tiers.start()  # resumes pending uploads
-    return Services(db, tier, tags, clients, service, sessions, tiers)
+    return Services(db, tier, evictor, tags, clients, service, sessions, tiers)

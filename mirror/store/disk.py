@@ -12,7 +12,7 @@ import errno
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,7 +20,6 @@ from typing import Any
 from mirror.observe.metrics import Metrics
 from mirror.oci.errors import CacheConflict, VerificationError
 from mirror.oci.models import Digest
-from mirror.store.base import READ_CHUNK
 from mirror.store.db import Database
 from mirror.store.temp import TempBlob
 
@@ -40,8 +39,10 @@ class DiskTier:
     name = "hot"
 
     def __init__(self, root: Path, db: Database, max_size: int, metrics: Metrics,
-                 high_watermark: float = 0.95, low_watermark: float = 0.85,
-                 evicting: bool = True) -> None:
+                 high_watermark: float = 0.95, low_watermark: float = 0.85, *,
+                 evicting: bool = True,
+                 on_commit: Callable[[Digest, bool], None] | None = None,
+                 on_touch: Callable[[Digest], None] | None = None) -> None:
         self.root = root
         self.blob_dir = root / "blobs"
         self.tmp_dir = root / "tmp"
@@ -53,18 +54,17 @@ class DiskTier:
         self._entries: dict[str, Entry] = {}
         self._pins: dict[str, int] = {}
         self.used = 0
-        self._evict_lock = asyncio.Lock()
-        self.evicted_hook: list[Any] = []  # callables(digest) told after an eviction
-        # Awaited before a victim is deleted: the tiered cache uses it to finish that blob's
-        # upload to the cold tier first, so evicted content can always come back from there.
-        self.evict_guard: Callable[[Digest], Awaitable[None]] | None = None
-        self.touch_hooks: list[Callable[[Digest], None]] = []  # told on every access
         # Told after every write, whichever path it took (fetch, manifest, promotion, import):
-        # (digest, is_manifest). The tiered cache queues the copy to the cold tier here.
-        self.commit_hooks: list[Callable[[Digest, bool], None]] = []
+        # (digest, is_manifest). With a cold tier, the upload queue (store/uploads.py).
+        self._on_commit = on_commit
+        self._on_touch = on_touch  # told on every access (cold-tier use marks for max_age)
         # False in all but one of several worker processes sharing this directory: one process
         # keeps the budget, from the index all of them write (mirror/fetch/shared.py).
         self.evicting = evicting
+        # Set when a write crosses the high watermark (or the disk filled up): the evictor
+        # (store/eviction.py) wakes on it. A commit never waits for eviction.
+        self.eviction_requested = asyncio.Event()
+        self._forced = False
         metrics.cache_budget.labels(self.name).set(max_size)
 
     # -- start-up ---------------------------------------------------------------------------
@@ -122,7 +122,11 @@ class DiskTier:
     # -- lookups (sync, no I/O: answered from the in-memory accounting) -----------------------
 
     def path(self, digest: Digest) -> Path:
-        return self.blob_dir / digest.algorithm / digest.hex[:2] / digest.hex
+        return blob_path(self.blob_dir, digest)
+
+    @property
+    def objects(self) -> int:
+        return len(self._entries)
 
     def entry(self, digest: Digest) -> Entry | None:
         return self._entries.get(str(digest))
@@ -131,8 +135,8 @@ class DiskTier:
         e = self._entries.get(str(digest))
         if e is None:
             return
-        for hook in self.touch_hooks:
-            hook(digest)
+        if self._on_touch is not None:
+            self._on_touch(digest)
         now = time.time()
         if now - e.last_access >= ACCESS_RESOLUTION:
             self._db.write("UPDATE content SET last_access=? WHERE digest=?", (now, str(digest)))
@@ -186,7 +190,6 @@ class DiskTier:
             raise
         temp.close_sync()
         self._account(temp.digest, temp.written, media_type, is_manifest)
-        await self.enforce_budget()
 
     def _account(self, digest: Digest, size: int, media_type: str | None,
                  is_manifest: bool) -> None:
@@ -201,8 +204,10 @@ class DiskTier:
                        "last_access, stored_at) VALUES (?, ?, ?, ?, ?, ?)",
                        (key, size, media_type, int(is_manifest), now, now))
         self._publish()
-        for hook in self.commit_hooks:
-            hook(digest, is_manifest)
+        if self.over_budget():
+            self.eviction_requested.set()
+        if self._on_commit is not None:
+            self._on_commit(digest, is_manifest)
 
     def learn(self, digest: Digest, size: int, media_type: str | None = None,
               is_manifest: bool = False, last_access: float | None = None) -> None:
@@ -239,59 +244,12 @@ class DiskTier:
         await asyncio.get_running_loop().run_in_executor(None, self._write_bytes_sync, digest,
                                                          data)
         self._account(digest, len(data), media_type, is_manifest)
-        await self.enforce_budget()
 
     def read_bytes_sync(self, digest: Digest) -> bytes | None:
         try:
             return self.path(digest).read_bytes()
         except FileNotFoundError:
             return None
-
-    # -- BlobStore contract ---------------------------------------------------------------------
-
-    async def stat(self, digest: Digest) -> int | None:
-        e = self._entries.get(str(digest))
-        return e.size if e is not None else None
-
-    async def read(self, digest: Digest, start: int = 0,
-                   end: int | None = None) -> AsyncIterator[bytes]:
-        loop = asyncio.get_running_loop()
-        fd = await loop.run_in_executor(None, os.open, self.path(digest), os.O_RDONLY)
-        try:
-            size = os.fstat(fd).st_size
-            last = size - 1 if end is None else min(end, size - 1)
-            pos = start
-            while pos <= last:
-                chunk = await loop.run_in_executor(None, os.pread, fd,
-                                                   min(READ_CHUNK, last - pos + 1), pos)
-                if not chunk:
-                    break
-                pos += len(chunk)
-                yield chunk
-        finally:
-            os.close(fd)
-
-    def _copy_in_sync(self, digest: Digest, src: Path) -> int:
-        temp = self.new_temp(digest, None)
-        try:
-            with open(src, "rb") as f:
-                while chunk := f.read(READ_CHUNK):
-                    temp.write_sync(chunk)
-            self._commit_sync(temp)
-            temp.close_sync()
-        except BaseException:
-            temp.abort_sync()
-            raise
-        return temp.written
-
-    async def put_file(self, digest: Digest, path: Path, media_type: str | None = None,
-                       is_manifest: bool = False) -> None:
-        if str(digest) in self._entries:
-            return
-        size = await asyncio.get_running_loop().run_in_executor(None, self._copy_in_sync,
-                                                                digest, path)
-        self._account(digest, size, media_type, is_manifest)
-        await self.enforce_budget()
 
     async def adopt(self, digest: Digest, path: Path, media_type: str | None = None,
                     is_manifest: bool = False) -> None:
@@ -307,7 +265,6 @@ class DiskTier:
 
         size = await asyncio.get_running_loop().run_in_executor(None, move)
         self._account(digest, size, media_type, is_manifest)
-        await self.enforce_budget()
 
     async def delete(self, digest: Digest) -> bool:
         key = str(digest)
@@ -323,10 +280,6 @@ class DiskTier:
             pass
         return True
 
-    async def list(self) -> AsyncIterator[tuple[Digest, int]]:
-        for key, e in list(self._entries.items()):
-            yield Digest.parse(key), e.size
-
     # -- budget ---------------------------------------------------------------------------------
 
     def has_room(self, nbytes: int) -> bool:
@@ -337,41 +290,36 @@ class DiskTier:
     def over_budget(self) -> bool:
         return self.used > self.high
 
-    async def enforce_budget(self) -> None:
-        """Called after every write: a commit that crosses the high watermark evicts right
-        away, so usage never runs past the budget by more than the blob just written (waiting
-        for the 5 s background loop would let a burst of downloads overshoot by far more)."""
-        if self.evicting and self.over_budget():
-            await self.evict()
+    def request_eviction(self, force: bool = False) -> None:
+        """Wake the evictor; `force`: evict to the low watermark even within the budget (the
+        file system filled up before the budget did)."""
+        self._forced = self._forced or force
+        self.eviction_requested.set()
 
-    async def evict(self, target: int | None = None) -> tuple[int, int]:
-        """Delete least recently used, unpinned content until usage <= target (low watermark).
-        Returns (objects, bytes) removed. Concurrent callers run one after the other, each
-        re-checking the usage, so every commit leaves the tier at or under its goal."""
-        goal = self.low if target is None else target
-        removed = freed = 0
-        async with self._evict_lock:
-            for key, e in sorted(self._entries.items(), key=lambda kv: kv[1].last_access):
-                if self.used <= goal:
-                    break
-                if key in self._pins or self._entries.get(key) is not e:
-                    continue  # being read or written right now, or replaced meanwhile
-                d = Digest.parse(key)
-                if self.evict_guard is not None:
-                    await self.evict_guard(d)
-                    if key in self._pins or self._entries.get(key) is not e:
-                        continue  # a reader arrived while the guard waited
-                if await self.delete(d):
-                    removed += 1
-                    freed += e.size
-                    for hook in self.evicted_hook:
-                        hook(d)
-        if removed:
-            self._metrics.evictions.labels(self.name).inc(removed)
-            self._metrics.evicted_bytes.labels(self.name).inc(freed)
-            log.info("evicted %d objects, %d bytes; hot tier now %d of %d bytes",
-                     removed, freed, self.used, self.max_size)
-        return removed, freed
+    def take_eviction_request(self) -> bool:
+        """The evictor takes the signal; True when it was forced."""
+        forced, self._forced = self._forced, False
+        self.eviction_requested.clear()
+        return forced
+
+    def lru(self) -> list[tuple[str, int, float]]:
+        """Eviction candidates, least recently used first: (digest, size, last access) of
+        content nobody is reading or writing right now."""
+        entries = sorted(self._entries.items(), key=lambda kv: kv[1].last_access)
+        return [(k, e.size, e.last_access) for k, e in entries if k not in self._pins]
+
+    async def evict_one(self, key: str, last_access: float) -> int | None:
+        """Delete one victim the evictor chose; None (and nothing deleted) when it was read,
+        rewritten or removed since it was chosen. Returns the bytes freed."""
+        e = self._entries.get(key)
+        if e is None or key in self._pins or e.last_access != last_access:
+            return None
+        return e.size if await self.delete(Digest.parse(key)) else None
+
+
+def blob_path(blob_dir: Path, digest: Digest) -> Path:
+    """Where verified content lives: blobs/<alg>/<2 hex>/<hex>."""
+    return blob_dir / digest.algorithm / digest.hex[:2] / digest.hex
 
 
 def is_disk_full(exc: BaseException) -> bool:

@@ -13,23 +13,29 @@ from mirror.oci.errors import DigestInvalid
 from mirror.oci.models import Digest
 from mirror.store.index import TagIndex, TagRecord
 from mirror.store.tiered import TieredStore
+from mirror.store.uploads import TagSource
 
 log = logging.getLogger("mirror.store.shared_tags")
+
+
+def tag_records(tags: TagIndex) -> TagSource:
+    """The uploader's tag source: the current local record as the cold tier stores it (read
+    when the upload runs, so a retry sends the latest)."""
+
+    def record_of(upstream: str, repo: str, tag: str) -> dict[str, object] | None:
+        rec = tags.get(upstream, repo, tag)
+        if rec is None or rec.digest is None:
+            return None
+        return {"digest": rec.digest, "media_type": rec.media_type, "size": rec.size,
+                "checked_at": rec.checked_at}
+
+    return record_of
 
 
 class SharedTags:
     def __init__(self, tiers: TieredStore, tags: TagIndex) -> None:
         self.tiers = tiers
         self.tags = tags
-        tiers.tag_source = self.record_of
-
-    def record_of(self, upstream: str, repo: str, tag: str) -> dict[str, object] | None:
-        """The current local record as the cold tier stores it (read when the upload runs)."""
-        rec = self.tags.get(upstream, repo, tag)
-        if rec is None or rec.digest is None:
-            return None
-        return {"digest": rec.digest, "media_type": rec.media_type, "size": rec.size,
-                "checked_at": rec.checked_at}
 
     def publish(self, upstream: str, repo: str, tag: str) -> None:
         self.tiers.queue_tag(upstream, repo, tag)

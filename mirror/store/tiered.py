@@ -4,9 +4,11 @@ that every node shares.
 - Read-through: hot, then cold, then (the caller's business) upstream. Content read from the
   cold tier is written into a hot temp file as it streams and verified before it is committed
   there (promotion): the cold tier is shared, so it is trusted no more than an upstream.
-- Write-behind: whatever the hot tier commits from upstream is queued for upload (uploads.py).
-- Eviction never loses content: before the hot tier deletes a victim whose upload is still
-  pending, the guard finishes that upload (bounded wait), so an evicted blob is in the cold tier.
+- Lookups on a client's path are bounded (object_store.lookup_timeout); a store that does not
+  answer in time, or fails, is skipped for COLD_BACKOFF seconds: a stalled object store costs a
+  client at most one lookup timeout, then the upstream serves as if there were no cold tier.
+- Write-behind: whatever the hot tier commits is queued for upload (uploads.py, told by the
+  tier's on_commit). Eviction (eviction.py) finishes pending uploads of its victims first.
 - Age: with cache.object_store.max_age, nodes mark the blobs they use (at most every
   max_age/4 per blob and node) and the periodic job deletes cold objects unused for that long."""
 
@@ -15,36 +17,30 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from cachetools import LRUCache
 
-from mirror.config import Config
 from mirror.observe.metrics import Metrics
 from mirror.oci.errors import VerificationError
 from mirror.oci.models import Digest
-from mirror.store.db import Database
 from mirror.store.disk import DiskTier
-from mirror.store.objectstore import ColdManifest, ColdTier, build_store
+from mirror.store.objectstore import ColdManifest, ColdTier
 from mirror.store.temp import TempBlob
-from mirror.store.uploads import TagSource, Uploader
+from mirror.store.uploads import Uploader
 
 log = logging.getLogger("mirror.store.tiered")
 WRITE_BATCH = 1024 * 1024
-GUARD_TIMEOUT = 60.0  # longest an eviction waits for a victim's upload before deleting anyway
 GC_INTERVAL = 600.0  # periodic job: cold usage metrics and max_age expiry
 GC_FIRST = 5.0
+COLD_BACKOFF = 30.0  # seconds the cold tier is skipped on the request path after it failed
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
 class GcReport:
-    hot_evicted: int
-    hot_freed: int
-    hot_used: int
-    hot_max: int
     uploads_left: int
     cold_removed: int
     cold_freed: int
@@ -52,38 +48,88 @@ class GcReport:
     cold_bytes: int
 
 
+class Background:
+    """Fire-and-forget tasks that are still cancelled and awaited at close."""
+
+    def __init__(self) -> None:
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> None:
+        task: asyncio.Task[Any] = asyncio.create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def close(self) -> None:
+        for t in list(self._tasks):
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+class UseMarks:
+    """Marks in the cold tier of when some node last used a blob (cache.object_store.max_age):
+    the hot tier's on_touch, and every read from the cold tier."""
+
+    def __init__(self, cold: ColdTier, max_age: float | None) -> None:
+        self.cold = cold
+        self.max_age = max_age
+        self._marked: LRUCache[str, float] = LRUCache(maxsize=200_000)
+        self.tasks = Background()
+
+    def mark_used(self, digest: Digest) -> None:
+        if self.max_age is None:
+            return
+        key, now = str(digest), time.time()
+        last = self._marked.get(key)
+        if last is not None and now - last < min(self.max_age / 4, 86400.0):
+            return
+        self._marked[key] = now
+        self.tasks.spawn(self._mark(digest), f"cold-mark {key[:19]}")
+
+    async def _mark(self, digest: Digest) -> None:
+        try:
+            await self.cold.mark_used(digest)
+        except Exception as e:
+            log.info("could not mark %s used in the cold tier: %s", digest, type(e).__name__)
+
+
+class ColdUsage:
+    """The cold tier's object and byte gauges: counted up per upload, recounted by gc."""
+
+    def __init__(self, metrics: Metrics, name: str) -> None:
+        self.metrics = metrics
+        self.name = name
+        self.objects = 0
+        self.bytes = 0
+
+    def uploaded(self, kind: str, nbytes: int) -> None:
+        """The uploader's on_uploaded."""
+        if kind != "tag":
+            self.set(self.objects + 1, self.bytes + nbytes)
+
+    def set(self, objects: int, nbytes: int) -> None:
+        self.objects, self.bytes = objects, nbytes
+        self.metrics.cache_objects.labels(self.name).set(objects)
+        self.metrics.cache_bytes.labels(self.name).set(nbytes)
+
+
 class TieredStore:
-    """BlobStore over both tiers, plus the cold-tier services the pull path needs."""
+    """The cold tier as the pull path reads it, and its maintenance."""
 
-    name = "tiered"
-
-    def __init__(self, hot: DiskTier, cold: ColdTier, db: Database, metrics: Metrics, *,
-                 upload_concurrency: int = 4, max_age: float | None = None,
-                 gc_interval: float = GC_INTERVAL) -> None:
+    def __init__(self, hot: DiskTier, cold: ColdTier, uploads: Uploader, metrics: Metrics, *,
+                 marks: UseMarks, usage: ColdUsage, lookup_timeout: float = 1.0,
+                 max_age: float | None = None, gc_interval: float = GC_INTERVAL) -> None:
         self.hot = hot
         self.cold = cold
+        self.uploads = uploads
         self.metrics = metrics
+        self.marks = marks
+        self.usage = usage
+        self.lookup_timeout = lookup_timeout
         self.max_age = max_age
         self.gc_interval = gc_interval
-        self.uploads = Uploader(hot, cold, db, metrics, upload_concurrency)
-        self.uploads.on_uploaded.append(self._uploaded)
-        self._cold_objects = 0
-        self._cold_bytes = 0
-        self._marked: LRUCache[str, float] = LRUCache(maxsize=200_000)
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._skip_until = 0.0  # monotonic: the cold tier failed to answer; skip it until then
+        self._tasks = Background()
         self._periodic: asyncio.Task[None] | None = None
-        hot.evict_guard = self._guard
-        hot.commit_hooks.append(self._committed)
-        if max_age is not None:
-            hot.touch_hooks.append(self._touched)
-
-    @property
-    def tag_source(self) -> TagSource | None:
-        return self.uploads.tag_source
-
-    @tag_source.setter
-    def tag_source(self, source: TagSource | None) -> None:
-        self.uploads.tag_source = source
 
     # -- lifetime -------------------------------------------------------------------------------
 
@@ -98,53 +144,31 @@ class TieredStore:
     async def close(self) -> None:
         if self._periodic is not None:
             self._periodic.cancel()
-        for t in list(self._tasks):
-            t.cancel()
-        await asyncio.gather(*self._tasks, *([self._periodic] if self._periodic else []),
-                             return_exceptions=True)
+            await asyncio.gather(self._periodic, return_exceptions=True)
+        await self._tasks.close()
+        await self.marks.tasks.close()
         await self.uploads.close()
-
-    def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> None:
-        task: asyncio.Task[None] = asyncio.create_task(coro, name=name)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    # -- write-behind ---------------------------------------------------------------------------
-
-    def queue_blob(self, digest: Digest) -> None:
-        self.uploads.queue_blob(digest)
-
-    def queue_manifest(self, digest: Digest) -> None:
-        self.uploads.queue_manifest(digest)
 
     def queue_tag(self, upstream: str, repo: str, tag: str) -> None:
         self.uploads.queue_tag(upstream, repo, tag)
 
-    def _committed(self, digest: Digest, is_manifest: bool) -> None:
-        # Everything the hot tier takes in is copied; content that came from the cold tier
-        # costs one HEAD there ("present") and no upload.
-        if is_manifest:
-            self.queue_manifest(digest)
-        else:
-            self.queue_blob(digest)
+    # -- asking the cold tier on a client's path ------------------------------------------------
 
-    def _uploaded(self, kind: str, nbytes: int) -> None:
-        if kind == "tag":
-            return
-        self._cold_objects += 1
-        self._cold_bytes += nbytes
-        self._publish_cold()
-
-    def _publish_cold(self) -> None:
-        self.metrics.cache_objects.labels(self.cold.name).set(self._cold_objects)
-        self.metrics.cache_bytes.labels(self.cold.name).set(self._cold_bytes)
-
-    async def _guard(self, digest: Digest) -> None:
-        if not await self.uploads.ensure(str(digest), GUARD_TIMEOUT):
-            log.warning("evicting %s from the hot tier before its copy to the cold tier "
-                        "finished: the next request for it goes upstream", digest)
-
-    # -- reading from the cold tier -------------------------------------------------------------
+    async def _ask(self, question: Awaitable[T], what: str) -> T | None:
+        """The answer, or None when the cold tier failed, was too slow, or is being skipped."""
+        if time.monotonic() < self._skip_until:
+            if asyncio.iscoroutine(question):
+                question.close()  # never awaited: no "coroutine was never awaited" warning
+            return None
+        try:
+            return await asyncio.wait_for(question, self.lookup_timeout)
+        except Exception as e:  # any object-store failure: the cold tier is best effort
+            self._skip_until = time.monotonic() + COLD_BACKOFF
+            self.metrics.cold_skips.inc()
+            reason = "no answer" if isinstance(e, TimeoutError) else type(e).__name__
+            log.warning("cold tier %s failed (%s): skipping the cold tier for %.0fs", what,
+                        reason, COLD_BACKOFF)
+            return None
 
     async def fill(self, digest: Digest, temp: TempBlob, started: Callable[[int], None],
                    progress: Callable[[int], None]) -> bool:
@@ -152,12 +176,7 @@ class TieredStore:
         cold tier does not have it (or cannot be asked) and nothing was written; exceptions
         after `started` mean a partial copy the caller may resume elsewhere. The caller
         commits `temp`, which verifies the digest."""
-        try:
-            size = await self.cold.stat(digest)
-        except Exception as e:  # any object-store failure: the cold tier is best effort
-            log.warning("cold tier lookup of %s failed: %s: %s", digest, type(e).__name__,
-                        str(e).splitlines()[0][:200] if str(e) else "")
-            return False
+        size = await self._ask(self.cold.stat(digest), f"lookup of {digest}")
         if size is None:
             return False
         if temp.expected_size is not None and size != temp.expected_size:
@@ -180,135 +199,44 @@ class TieredStore:
             progress(len(buf))
         if temp.written != size:
             raise OSError(f"cold copy of {digest} ended after {temp.written} of {size} bytes")
-        self.mark_used(digest)
+        self.marks.mark_used(digest)
         return True
 
     def discard_cold(self, digest: Digest) -> None:
         """The cold copy did not verify: delete it so nobody reads it again."""
         self.metrics.verify_failures.labels("cold", "blob").inc()
         log.warning("cold tier copy of %s did not verify; deleting it", digest)
-        self._spawn(self.cold.delete(digest), f"cold-discard {str(digest)[:19]}")
-
-    async def promote(self, digest: Digest) -> bool:
-        """Copy a cold blob into the hot tier (verified). True when it is hot now."""
-        if self.hot.entry(digest) is not None:
-            return True
-        temp = self.hot.new_temp(digest, None)
-        self.hot.pin(digest)
-        try:
-            try:
-                ok = await self.fill(digest, temp, lambda _: None, lambda _: None)
-            except BaseException:
-                temp.abort_sync()
-                raise
-            if not ok:
-                temp.abort_sync()
-                return False
-            try:
-                await self.hot.commit(temp)
-            except VerificationError:
-                self.discard_cold(digest)
-                return False
-            return True
-        finally:
-            self.hot.unpin(digest)
+        self._tasks.spawn(self.cold.delete(digest), f"cold-discard {str(digest)[:19]}")
 
     async def manifest(self, digest: Digest) -> ColdManifest | None:
         """A manifest from the cold tier (verified), stored in the hot tier on the way."""
-        try:
-            m = await self.cold.get_manifest(digest)
-        except Exception as e:
-            log.warning("cold tier read of manifest %s failed: %s", digest, type(e).__name__)
-            return None
+        m = await self._ask(self.cold.get_manifest(digest), f"read of manifest {digest}")
         if m is None:
             return None
         if self.hot.entry(digest) is None:
             await self.hot.put_bytes(digest, m.body, m.media_type, is_manifest=True)
-        self.mark_used(digest)
+        self.marks.mark_used(digest)
         return m
 
     async def tag(self, upstream: str, repo: str, tag: str) -> dict[str, object] | None:
-        try:
-            return await self.cold.get_tag(upstream, repo, tag)
-        except Exception as e:
-            log.warning("cold tier read of tag %s/%s:%s failed: %s", upstream, repo, tag,
-                        type(e).__name__)
-            return None
+        return await self._ask(self.cold.get_tag(upstream, repo, tag),
+                               f"read of tag {upstream}/{repo}:{tag}")
 
-    # -- use marks for max_age ------------------------------------------------------------------
-
-    def _touched(self, digest: Digest) -> None:
-        self.mark_used(digest)
-
-    def mark_used(self, digest: Digest) -> None:
-        if self.max_age is None:
-            return
-        key, now = str(digest), time.time()
-        last = self._marked.get(key)
-        if last is not None and now - last < min(self.max_age / 4, 86400.0):
-            return
-        self._marked[key] = now
-        self._spawn(self._mark(digest), f"cold-mark {key[:19]}")
-
-    async def _mark(self, digest: Digest) -> None:
-        try:
-            await self.cold.mark_used(digest)
-        except Exception as e:
-            log.info("could not mark %s used in the cold tier: %s", digest, type(e).__name__)
-
-    # -- BlobStore contract ---------------------------------------------------------------------
-
-    async def stat(self, digest: Digest) -> int | None:
-        size = await self.hot.stat(digest)
-        return size if size is not None else await self.cold.stat(digest)
-
-    async def read(self, digest: Digest, start: int = 0,
-                   end: int | None = None) -> AsyncIterator[bytes]:
-        """From the hot tier; a cold-only blob is promoted (verified) first."""
-        self.hot.pin(digest)
-        try:
-            if self.hot.entry(digest) is None and not await self.promote(digest):
-                raise FileNotFoundError(f"{digest} is in neither tier")
-            self.hot.touch(digest)
-            async for chunk in self.hot.read(digest, start, end):
-                yield chunk
-        finally:
-            self.hot.unpin(digest)
-
-    async def put_file(self, digest: Digest, path: Path) -> None:
-        await self.hot.put_file(digest, path)  # queued for the cold tier by _committed
-
-    async def delete(self, digest: Digest) -> bool:
-        hot = await self.hot.delete(digest)
-        cold = await self.cold.delete(digest)
-        return hot or cold
-
-    async def list(self) -> AsyncIterator[tuple[Digest, int]]:
-        seen: set[str] = set()
-        async for d, size in self.hot.list():
-            seen.add(str(d))
-            yield d, size
-        async for d, size in self.cold.list():
-            if str(d) not in seen:
-                yield d, size
-
-    # -- garbage collection ---------------------------------------------------------------------
+    # -- maintenance ----------------------------------------------------------------------------
 
     async def gc(self, upload_timeout: float = 300.0) -> GcReport:
-        """Enforce the hot budget now (pending uploads first, so nothing is lost), then expire
-        cold objects unused for max_age, then recount the cold tier."""
+        """Finish pending uploads (so the hot tier's eviction loses nothing), expire cold
+        objects unused for max_age, then recount the cold tier."""
         await self.uploads.drain(upload_timeout)
-        evicted, freed = (await self.hot.evict()) if self.hot.used > self.hot.high else (0, 0)
         removed = cold_freed = 0
         if self.max_age is not None:
             removed, cold_freed = await self.cold.expire(self.max_age)
             if removed:
                 log.info("cold tier: removed %d objects (%d bytes) unused for %.0fs", removed,
                          cold_freed, self.max_age)
-        self._cold_objects, self._cold_bytes = await self.cold.usage()
-        self._publish_cold()
-        return GcReport(evicted, freed, self.hot.used, self.hot.max_size, self.uploads.pending(),
-                        removed, cold_freed, self._cold_objects, self._cold_bytes)
+        self.usage.set(*await self.cold.usage())
+        return GcReport(self.uploads.pending(), removed, cold_freed, self.usage.objects,
+                        self.usage.bytes)
 
     async def _run_periodic(self) -> None:
         delay = GC_FIRST
@@ -319,10 +247,3 @@ class TieredStore:
                 await self.gc(upload_timeout=0.0)
             except Exception:
                 log.exception("cold tier maintenance failed")
-
-
-def build_tiered(config: Config, hot: DiskTier, db: Database, metrics: Metrics) -> TieredStore:
-    os_config = config.cache.object_store
-    assert os_config is not None
-    return TieredStore(hot, ColdTier(build_store(os_config)), db, metrics,
-                       upload_concurrency=os_config.upload_concurrency, max_age=os_config.max_age)

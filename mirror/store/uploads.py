@@ -10,16 +10,18 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from mirror.observe.metrics import Metrics
 from mirror.oci.errors import DigestInvalid
 from mirror.oci.models import Digest
 from mirror.store.db import Database
-from mirror.store.disk import DiskTier
+from mirror.store.disk import blob_path
 from mirror.store.objectstore import ColdTier
 
 log = logging.getLogger("mirror.store.uploads")
@@ -45,15 +47,19 @@ class Job:
 
 
 class Uploader:
-    def __init__(self, hot: DiskTier, cold: ColdTier, db: Database, metrics: Metrics,
-                 concurrency: int = 4) -> None:
-        self.hot = hot
+    def __init__(self, blob_dir: Path, cold: ColdTier, db: Database, metrics: Metrics,
+                 concurrency: int = 4, *, tag_source: TagSource | None = None,
+                 on_uploaded: Callable[[str, int], None] | None = None) -> None:
+        # The hot tier's files are read by path, not through the DiskTier: the tier tells this
+        # queue about every commit (on_commit), so the queue exists before the tier does; and
+        # in a worker process a file another worker committed is read all the same.
+        self.blob_dir = blob_dir
         self.cold = cold
         self.db = db
         self.metrics = metrics
         self.concurrency = max(1, concurrency)
-        self.tag_source: TagSource | None = None
-        self.on_uploaded: list[Callable[[str, int], None]] = []  # (kind, bytes) after a copy
+        self.tag_source = tag_source  # the current tag record, read when its upload runs
+        self.on_uploaded = on_uploaded  # (kind, bytes) after a copy
         self._jobs: dict[str, Job] = {}
         self._queue: asyncio.Queue[str] | None = None
         self._workers: list[asyncio.Task[None]] = []
@@ -89,6 +95,11 @@ class Uploader:
         self._workers = []
 
     # -- queueing -------------------------------------------------------------------------------
+
+    def committed(self, digest: Digest, is_manifest: bool) -> None:
+        """The hot tier's on_commit: everything it takes in is copied; content that came from
+        the cold tier costs one HEAD there ("present") and no upload."""
+        self._add(str(digest), "manifest" if is_manifest else "blob")
 
     def queue_blob(self, digest: Digest) -> None:
         self._add(str(digest), "blob")
@@ -150,12 +161,23 @@ class Uploader:
         job.running = fut
         return fut
 
+    def is_pending(self, key: str) -> bool:
+        """Whether a copy of `key` is still pending here or in another worker process sharing
+        the database (each worker queues what it commits; one of them evicts)."""
+        return key in self._jobs or bool(self.db.query(
+            "SELECT 1 FROM pending_uploads WHERE digest=?", (key,)))
+
     async def ensure(self, key: str, wait: float) -> bool:
-        """Finish the pending upload of `key` now (the evictor needs the hot copy gone).
-        True when nothing is pending any more."""
+        """Finish the pending upload of `key` now (the evictor needs the hot copy gone), also
+        one another worker queued: the file is on the shared disk. True when nothing is
+        pending any more."""
         job = self._jobs.get(key)
         if job is None:
-            return True
+            rows = self.db.query("SELECT kind FROM pending_uploads WHERE digest=?", (key,))
+            if not rows:
+                return True
+            job = self._jobs[key] = Job(key, str(rows[0][0]))
+            self._update_idle()
         if job.retry is not None:
             job.retry.cancel()
             job.retry = None
@@ -192,9 +214,8 @@ class Uploader:
             return False
         result = "gone" if sent is None else "present" if sent == 0 else "ok"
         self.metrics.cold_uploads.labels(job.kind, result).inc()
-        if sent:
-            for hook in self.on_uploaded:
-                hook(job.kind, sent)
+        if sent and self.on_uploaded is not None:
+            self.on_uploaded(job.kind, sent)
         job.running = None
         if job.again:
             job.again, job.attempts = False, 0
@@ -216,22 +237,28 @@ class Uploader:
             return None
         if job.kind == "manifest":
             return await self._upload_manifest(digest)
-        entry = self.hot.entry(digest)
-        if entry is None:
-            return None
-        if await self.cold.stat(digest) == entry.size:
+        path = blob_path(self.blob_dir, digest)
+        size = await asyncio.get_running_loop().run_in_executor(None, _size, path)
+        if size is None:
+            return None  # evicted (maybe by another worker) or replaced: nothing to copy
+        if await self.cold.stat(digest) == size:
             return 0  # another node copied it already
-        await self.cold.put_file(digest, self.hot.path(digest))
-        return entry.size
+        try:
+            await self.cold.put_file(digest, path)
+        except FileNotFoundError:
+            return None  # evicted while it was being copied
+        return size
 
     async def _upload_manifest(self, digest: Digest) -> int | None:
-        entry = self.hot.entry(digest)
-        body = self.hot.read_bytes_sync(digest) if entry is not None else None
-        if entry is None or body is None:
+        path = blob_path(self.blob_dir, digest)
+        body = await asyncio.get_running_loop().run_in_executor(None, _read, path)
+        if body is None:
             return None
         if await self.cold.has_manifest(digest):
             return 0
-        await self.cold.put_manifest(digest, body, entry.media_type)
+        rows = self.db.query("SELECT media_type FROM content WHERE digest=?", (str(digest),))
+        media_type = rows[0][0] if rows and rows[0][0] else None
+        await self.cold.put_manifest(digest, body, media_type)
         return len(body)
 
     async def _upload_tag(self, key: str) -> int | None:
@@ -249,3 +276,17 @@ class Uploader:
             return None  # neither here nor there: the record would point at nothing
         await self.cold.put_tag(upstream, repo, tag, record)
         return 1
+
+
+def _size(path: Path) -> int | None:
+    try:
+        return os.stat(path).st_size
+    except FileNotFoundError:
+        return None
+
+
+def _read(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        return None
