@@ -244,9 +244,14 @@ class ConnectionGate:
                                    **self._server._kwargs)
 
     def admit(self, address: str) -> bool:
-        """Count a connection from `address`, or refuse it (False) when it has enough."""
+        """Count a connection from `address` as it starts, or refuse it (False): its address
+        has enough, or every slot is taken. The second look at the total is exact where the one
+        in __call__ is not: the loop accepts a burst of connections (calling the factory for
+        each) before any of them starts and is counted."""
         n = self._open.get(address, 0)
-        if self.per_client is not None and n >= self.per_client:
+        full = (self.max_connections is not None
+                and len(self._server.connections) >= self.max_connections)
+        if full or (self.per_client is not None and n >= self.per_client):
             self.rejected.inc()
             return False
         self._open[address] = n + 1
