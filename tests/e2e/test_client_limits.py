@@ -7,13 +7,16 @@ from __future__ import annotations
 
 import hashlib
 import socket
+import ssl
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.support import Catalog, PushedImage, fetch
+from tests.support.certs import TestCA
 from tests.support.mirror_proc import MirrorProcess, mirror_config
 from tests.support.waiting import wait_for
 
@@ -145,3 +148,43 @@ def test_one_address_cannot_take_every_connection(mirror: MirrorProcess) -> None
     # Closed connections no longer count.
     wait_for("127.0.0.1 to be admitted again",
              lambda: fetch(f"{mirror.url}/v2/").status == 200, timeout=10)
+
+
+class _TlsMirror(MirrorProcess):
+    @property
+    def url(self) -> str:
+        return f"https://127.0.0.1:{self.port}"
+
+
+def test_a_tls_client_that_stops_reading_is_cut(catalog: Catalog, big: PushedImage,
+                                                tmp_path: Path) -> None:
+    """Over TLS the response waits on the TLS transport: a client that stops reading is cut
+    all the same."""
+    ca = TestCA(tmp_path / "pki")
+    server = ca.server()
+    cfg = mirror_config({"docker.io": catalog.registry_url}, tmp_path / "cache",
+                        prefetch={"enabled": False}, limits={"send_timeout": "1s"},
+                        tls={"cert": str(server.cert), "key": str(server.key)})
+    ctx = ssl.create_default_context(cafile=str(ca.cert))
+    proc = _TlsMirror(cfg, workdir=tmp_path / "tls")
+    proc.ssl_context = ctx
+    layer = big.layers[0]
+
+    def tls_metric(name: str) -> float:
+        with urllib.request.urlopen(f"{proc.url}/metrics", context=ctx, timeout=10) as r:
+            text = r.read().decode()
+        return sum(float(line.split()[1]) for line in text.splitlines()
+                   if line.startswith(name + " "))
+
+    with proc:
+        url = f"{proc.url}/v2/{big.repo}/blobs/{layer.digest}"
+        h = hashlib.sha256()
+        with urllib.request.urlopen(url, context=ctx, timeout=120) as r:
+            while chunk := r.read(1 << 20):
+                h.update(chunk)
+        assert "sha256:" + h.hexdigest() == layer.digest  # a hit from now on
+        with ctx.wrap_socket(connect(proc), server_hostname="127.0.0.1") as s:
+            s.sendall(blob_request(big))
+            assert s.recv(64).startswith(b"HTTP/1.1 200 ")  # then nobody reads
+            wait_for("the server to cut the stalled TLS client",
+                     lambda: tls_metric("mirror_send_timeouts_total") == 1, timeout=30)
