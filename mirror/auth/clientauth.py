@@ -25,7 +25,7 @@ import json
 import logging
 import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -36,7 +36,7 @@ from mirror.auth.htpasswd import HtpasswdFile
 from mirror.config import AuthConfig, Secret
 from mirror.observe.record import record_of
 from mirror.oci.apipath import API_VERSION_HEADER, parse_api_path
-from mirror.oci.errors import Denied, MirrorError, Unauthorized
+from mirror.oci.errors import Denied, MirrorError, TooManyRequests, Unauthorized
 from mirror.oci.routing import Route
 
 log = logging.getLogger("mirror.auth")
@@ -128,6 +128,12 @@ class ClientAuth:
         if self.users is not None:
             self.users.reload()
 
+    async def ctx(self, _app: web.Application) -> AsyncIterator[None]:
+        """cleanup_ctx: the password-check threads stop with the app."""
+        yield
+        if self.users is not None:
+            self.users.close()
+
     # -- who is asking ---------------------------------------------------------------------
 
     async def _check_basic(self, value: str) -> Identity:
@@ -139,7 +145,12 @@ class ClientAuth:
             return ANONYMOUS
         if self.users is None:
             return ANONYMOUS  # no user database: everyone is anonymous
-        if await self.users.check(user, password):
+        try:
+            ok = await self.users.check(user, password)
+        except TooManyRequests:
+            self.results.labels("busy").inc()
+            raise
+        if ok:
             return Identity(user, True)
         # A name that is not a user may be a password typed into the wrong field: not logged.
         log.warning("client auth failed for %s", f"user {user}" if user in self.users.users

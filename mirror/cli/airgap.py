@@ -12,11 +12,12 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from mirror.config import Config
 from mirror.oci.imageref import ImageRef, ImageRefError, parse_image_ref
 from mirror.oci.models import Platform
+from mirror.store.dirlock import CacheDirBusy, CacheDirLock
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -57,6 +58,16 @@ def refs_args(p: argparse.ArgumentParser, images_help: str) -> None:
                    help="read references from LIST, one per line, # comments ('-': stdin)")
     p.add_argument("--platform", metavar="OS/ARCH[/VARIANT],...",
                    help="only these platforms of multi-platform images (default: all)")
+
+
+def lock_cache_dir(config: Config, tool: str, alternative: str = "") -> CacheDirLock | Literal[False]:
+    """The cache directory to ourselves (it is swept and written), or False after saying who
+    holds it."""
+    try:
+        return CacheDirLock.exclusive(config.cache.dir, tool, alternative)
+    except CacheDirBusy as e:
+        fail(str(e))
+        return False
 
 
 def fail(message: str) -> None:
@@ -124,6 +135,10 @@ def cmd_seed(args: argparse.Namespace, config: Config) -> int:
     refs, platforms = parsed
     setup_logging("warning", config.log.format)
     options = SeedOptions(platforms, args.with_referrers, args.parallel)
+    # With --url the server writes its own cache; else the cache directory is ours alone.
+    dirlock = None if args.url else lock_cache_dir(config, "mirror seed", ", or seed through it with --url")
+    if dirlock is False:
+        return EXIT_FAILED
     reporter: BarReporter | LineReporter = (
         BarReporter(sys.stderr) if sys.stderr.isatty() else LineReporter(sys.stdout))
     t0 = time.monotonic()
@@ -136,6 +151,8 @@ def cmd_seed(args: argparse.Namespace, config: Config) -> int:
         return EXIT_INTERRUPTED
     finally:
         reporter.close()
+        if dirlock:
+            dirlock.release()
     for line in summary_lines(summary, time.monotonic() - t0):
         print(line, flush=True)
     return 0 if summary.ok else EXIT_FAILED

@@ -40,10 +40,17 @@ async def run_gc(config: Config, upload_wait: float = 300.0) -> dict[str, int]:
 
 def cmd_gc(args: argparse.Namespace, load: Callable[[str | None], Config]) -> int:
     from mirror.observe.log import setup_logging
+    from mirror.store.dirlock import CacheDirBusy, CacheDirLock
 
     config = load(args.config)
     setup_logging(config.log.level, config.log.format)
-    r = asyncio.run(run_gc(config, args.upload_wait))
+    try:  # eviction and the tmp/ sweep must not run under a live server
+        dirlock = CacheDirLock.exclusive(config.cache.dir, "mirror gc")
+    except CacheDirBusy as e:
+        print(f"mirror: {e}", file=sys.stderr)
+        return 1
+    with dirlock:
+        r = asyncio.run(run_gc(config, args.upload_wait))
     print(f"hot tier {config.cache.dir}: evicted {r['hot_evicted']} objects "
           f"({r['hot_freed']} bytes); now {r['hot_used']} of {r['hot_max']} bytes")
     if "cold_objects" in r:

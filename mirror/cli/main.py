@@ -79,7 +79,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except OSError as e:
         print(f"mirror: cannot listen on {config.listen}: {e.strerror}", file=sys.stderr)
         return 1
-    run(app, sock, banner, shutdown_timeout=5)  # like web.run_app, plus TLS reload and limits
+    from mirror.store.dirlock import CacheDirBusy
+
+    try:
+        run(app, sock, banner, shutdown_timeout=5)  # like web.run_app, plus TLS reload and limits
+    except CacheDirBusy as e:
+        print(f"mirror: {e}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -157,7 +163,9 @@ def _security_lines(config: Config) -> list[str]:
     lim = config.limits
     rate = f", rate {lim.rate_limit.rate}/s burst {lim.rate_limit.burst}" if lim.rate_limit else ""
     lines.append(f"limits: header {lim.max_header_size} B, connections "
-                 f"{lim.max_connections or 'unlimited'}, client timeout {lim.client_timeout:g}s{rate}")
+                 f"{lim.max_connections or 'unlimited'} ({lim.max_connections_per_client or 'any'} "
+                 f"per address), client timeout {lim.client_timeout:g}s, send timeout "
+                 f"{lim.send_timeout:g}s{rate}")
     for r in config.signatures:
         lines.append(f"signatures: {r.name} ({r.mode}) upstreams {' '.join(r.upstreams)}, "
                      f"repositories {' '.join(r.repositories)}, keys "

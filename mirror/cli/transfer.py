@@ -25,6 +25,7 @@ from mirror.cli.airgap import (
     Loader,
     SubParsers,
     fail,
+    lock_cache_dir,
     parse_common,
     refs_args,
 )
@@ -204,6 +205,9 @@ def cmd_import(args: argparse.Namespace, config: Config) -> int:
 
     setup_logging("warning", config.log.format)
     t0 = time.monotonic()
+    dirlock = lock_cache_dir(config, "mirror import")
+    if dirlock is False:
+        return EXIT_FAILED
     try:
         report = asyncio.run(_import(config, [Path(b) for b in args.bundle], args.repo))
     except KeyboardInterrupt:
@@ -217,6 +221,8 @@ def cmd_import(args: argparse.Namespace, config: Config) -> int:
         fail(f"import failed: {e}; nothing was imported; run it again to continue (verified "
              f"blobs are kept)")
         return EXIT_FAILED
+    finally:
+        dirlock.release()
     for ref, digest in report.tags:
         print(f"imported {ref} {digest}")
     for line in report.kept_newer:

@@ -39,6 +39,7 @@ from mirror.config.reader import (
 from mirror.config.security import _auth, _limits, _tls
 from mirror.config.signatures import _signatures
 from mirror.oci.errors import ConfigError
+from mirror.oci.models import Platform
 from mirror.oci.routing import DOCKER_HUB, DOCKER_HUB_ALIASES
 
 
@@ -202,7 +203,6 @@ TOP_KEYS = {"listen", "default_upstream", "upstreams", "cache", "prefetch", "log
 def _warm(reader: _Reader, raw: Any, names: Mapping[str, str], default: str | None) -> WarmConfig:
     # Imported here: imageref builds on the router, which imports this module.
     from mirror.oci.imageref import ImageRefError, parse_image_ref
-    from mirror.oci.models import Platform
 
     if isinstance(raw, list):
         raw = {"images": raw}
@@ -219,20 +219,27 @@ def _warm(reader: _Reader, raw: Any, names: Mapping[str, str], default: str | No
             parse_image_ref(text, aliases, default)
         except ImageRefError as e:
             reader.problem(f"warm.images[{i}]", str(e))
-    platforms = sec.get("platforms") or []
-    if not isinstance(platforms, list):
-        reader.problem("warm.platforms", "must be a list like [linux/amd64, linux/arm64]")
-        platforms = []
-    for i, plat in enumerate(platforms):
-        try:
-            Platform.parse(str(plat))
-        except ValueError as e:
-            reader.problem(f"warm.platforms[{i}]", str(e))
+    platforms = [str(p) for p in sec.get("platforms") or []] if _platforms(
+        reader, sec, "warm.platforms") else []
     interval = reader.convert(sec, "interval", "warm.interval", parse_duration, 3600.0)
     if interval < 1:
         reader.problem("warm.interval", "must be at least 1s")
-    return WarmConfig(tuple(str(t) for t in images), interval, tuple(str(p) for p in platforms),
+    return WarmConfig(tuple(str(t) for t in images), interval, tuple(platforms),
                       reader.get(sec, "with_referrers", "warm.with_referrers", bool, False))
+
+
+def _platforms(reader: _Reader, sec: dict[str, Any], path: str) -> tuple[Platform, ...]:
+    raw = sec.get("platforms") or []
+    if not isinstance(raw, list):
+        reader.problem(path, "must be a list like [linux/amd64, linux/arm64]")
+        return ()
+    found = []
+    for i, plat in enumerate(raw):
+        try:
+            found.append(Platform.parse(str(plat)))
+        except ValueError as e:
+            reader.problem(f"{path}[{i}]", str(e))
+    return tuple(found)
 
 
 def parse_config(raw: Any, env: Mapping[str, str] | None = None, base: Path | None = None,
@@ -266,7 +273,7 @@ def parse_config(raw: Any, env: Mapping[str, str] | None = None, base: Path | No
             default = seen[default]
     if not upstreams and not top.get("offline"):
         reader.problem("upstreams", "at least one upstream is required (or offline: true)")
-    pre = reader.section(top.get("prefetch"), "prefetch", {"enabled", "parallel"})
+    pre = reader.section(top.get("prefetch"), "prefetch", {"enabled", "parallel", "platforms"})
     parallel = reader.get(pre, "parallel", "prefetch.parallel", int, 4)
     if parallel < 1:
         reader.problem("prefetch.parallel", "must be at least 1")
@@ -288,7 +295,7 @@ def parse_config(raw: Any, env: Mapping[str, str] | None = None, base: Path | No
         upstreams=upstreams,
         cache=_cache(reader, top.get("cache")),
         prefetch=PrefetchConfig(reader.get(pre, "enabled", "prefetch.enabled", bool, True),
-                                max(parallel, 1)),
+                                max(parallel, 1), _platforms(reader, pre, "prefetch.platforms")),
         log=LogConfig(level, fmt, audit if audit in (None, "-") else str(reader.path(audit))),
         offline=reader.get(top, "offline", "offline", bool, False),
         finish_abandoned_fetches=reader.get(top, "finish_abandoned_fetches",

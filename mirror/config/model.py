@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Literal
 
 from mirror.oci.cosign import PublicKey
+from mirror.oci.models import Platform
 from mirror.oci.routing import DOCKER_HUB
 
 
@@ -91,6 +92,9 @@ class CacheConfig:
 class PrefetchConfig:
     enabled: bool = True
     parallel: int = 4
+    # Children of an index fetched when the index is served. Empty: none; the client's next
+    # request (its platform's manifest) names the one to prefetch.
+    platforms: tuple[Platform, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -158,6 +162,8 @@ class LimitsConfig:
     max_connections: int | None = 1024  # None (0 in YAML): unlimited
     client_timeout: float = 60.0  # to receive a complete request head (and TLS handshake)
     rate_limit: RateLimitConfig | None = None
+    send_timeout: float = 60.0  # a response whose client takes no bytes for this long is cut
+    max_connections_per_client: int | None = 256  # per client address; None (0): unlimited
 
 
 @dataclass(frozen=True)

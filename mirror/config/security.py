@@ -177,7 +177,8 @@ def _auth(reader: _Reader, raw: Any, upstreams: Mapping[str, UpstreamConfig]) ->
 
 def _limits(reader: _Reader, raw: Any) -> LimitsConfig:
     sec = reader.section(raw, "limits", {"max_header_size", "max_headers", "max_connections",
-                                         "client_timeout", "rate_limit"})
+                                         "client_timeout", "rate_limit", "send_timeout",
+                                         "max_connections_per_client"})
     d = LimitsConfig()
     header = reader.convert(sec, "max_header_size", "limits.max_header_size", parse_size,
                             d.max_header_size)
@@ -199,6 +200,19 @@ def _limits(reader: _Reader, raw: Any) -> LimitsConfig:
     if timeout < 1:
         reader.problem("limits.client_timeout", "must be at least 1s")
         timeout = d.client_timeout
+    send = reader.convert(sec, "send_timeout", "limits.send_timeout", parse_duration,
+                          d.send_timeout)
+    if send < 1:
+        reader.problem("limits.send_timeout", "must be at least 1s")
+        send = d.send_timeout
+    per_client = reader.get(sec, "max_connections_per_client", "limits.max_connections_per_client",
+                            int, d.max_connections_per_client)
+    if per_client == 0:
+        per_client = None  # explicitly unlimited
+    elif per_client is not None and per_client < 0:
+        reader.problem("limits.max_connections_per_client",
+                       "must be a positive number, or 0 for unlimited")
+        per_client = d.max_connections_per_client
     rate_limit = None
     if sec.get("rate_limit") is not None:
         rl = reader.section(sec["rate_limit"], "limits.rate_limit", {"rate", "burst"})
@@ -209,4 +223,4 @@ def _limits(reader: _Reader, raw: Any) -> LimitsConfig:
         if burst < 1:
             reader.problem("limits.rate_limit.burst", "must be at least 1")
         rate_limit = RateLimitConfig(max(rate, 0.001), max(burst, 1))
-    return LimitsConfig(header, count, conns, timeout, rate_limit)
+    return LimitsConfig(header, count, conns, timeout, rate_limit, send, per_client)

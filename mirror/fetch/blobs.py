@@ -10,7 +10,6 @@ import asyncio
 import logging
 import time
 import weakref
-from collections import deque
 from collections.abc import AsyncIterator
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -44,8 +43,9 @@ Source = Literal["hot", "cold", "upstream"]
 
 @dataclass(slots=True)
 class CommittedFile:
-    """A verified file in the hot tier, pinned until released. With server.workers > 1 it is
-    opened at once (another worker may evict the path); the response takes `file`."""
+    """A verified file in the hot tier, pinned until released. It is opened at once, while we
+    know it exists (another worker may evict the path, an operator delete it); the response
+    takes `file`."""
 
     path: Path
     file: IO[bytes] | None = None
@@ -101,7 +101,8 @@ class BlobFetcher:
         # reads layers one after another finds the next one under way, and the prefetches do
         # not take the CPU and the link from the download it is waiting for (bench/README.md).
         self.prefetch_parallel = max(1, prefetch_parallel)
-        self._prefetch_queue: deque[tuple[UpstreamClient, str, Digest, int | None]] = deque()
+        # In order, by digest: N pulls of one cold manifest queue its blobs once, not N times.
+        self._prefetch_queue: dict[str, tuple[UpstreamClient, str, Digest, int | None]] = {}
         self._prefetching = 0
         # Batches of a download no client is reading yet (a prefetch) are written and hashed
         # on threads at a lower CPU priority: on a host shared with its clients they yield to
@@ -123,6 +124,9 @@ class BlobFetcher:
     def inflight(self) -> int:
         return len(self._fetches)
 
+    def prefetch_backlog(self) -> int:  # blobs queued for prefetch, not started yet
+        return len(self._prefetch_queue)
+
     def _slot(self, client: UpstreamClient) -> asyncio.Semaphore:
         sem = self._slots.get(client.name)
         if sem is None:
@@ -135,11 +139,12 @@ class BlobFetcher:
         if entry is None:
             return None
         path = self.tier.path(digest)
-        if self.shared is None:
-            return BlobHandle(digest, entry.size, "hot", "hit", CommittedFile(path))
+        # Opened now (see CommittedFile): a file that has gone (evicted by another worker, an
+        # operator's delete, a delete/re-commit race) is forgotten and fetched again.
         try:
             fobj = open(path, "rb")  # noqa: SIM115 - handed to the response or closed by release()
-        except FileNotFoundError:  # evicted by the worker that keeps the budget
+        except FileNotFoundError:
+            log.warning("cached blob %s has no file any more: fetching it again", digest)
             self.tier.forget(digest)
             return None
         return BlobHandle(digest, entry.size, "hot", "hit", CommittedFile(path, fobj))
@@ -236,10 +241,10 @@ class BlobFetcher:
                 fetch.task.cancel()
 
     def prefetch(self, client: UpstreamClient, repo: str, digest: Digest, size: int | None) -> bool:
-        """Queue a blob nobody asked for yet. False if cached or already in flight."""
-        if self._needless(digest):
+        """Queue a blob nobody asked for yet. False if cached, in flight or queued already."""
+        if str(digest) in self._prefetch_queue or self._needless(digest):
             return False
-        self._prefetch_queue.append((client, repo, digest, size))
+        self._prefetch_queue[str(digest)] = (client, repo, digest, size)
         self._pump_prefetches()
         return True
 
@@ -252,7 +257,7 @@ class BlobFetcher:
     def _pump_prefetches(self) -> None:
         # A queued blob that a client asked for meanwhile is in flight already: skipped here.
         while self._prefetching < self.prefetch_parallel and self._prefetch_queue:
-            client, repo, digest, size = self._prefetch_queue.popleft()
+            client, repo, digest, size = self._prefetch_queue.pop(next(iter(self._prefetch_queue)))
             if self._needless(digest):
                 continue
             fetch = self._start(client, repo, digest, size)

@@ -51,6 +51,9 @@ async def download_into(client: UpstreamClient, repo: str, digest: Digest, fetch
                     raise VerificationError(f"upstream size {size} for {digest} differs from "
                                             f"the manifest's {temp.expected_size}")
                 size = size if size is not None else temp.expected_size
+                if size == 0 and not digest.names_empty():
+                    raise VerificationError(f"upstream length 0 for {digest}, which names "
+                                            "non-empty content")
                 if size is not None and not tier.has_room(size):
                     raise DiskFull(f"no room for {size} bytes of {digest} in {tier.root}")
                 fetch.set_size(size)

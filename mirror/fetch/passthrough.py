@@ -26,6 +26,10 @@ async def open_passthrough(client: UpstreamClient, repo: str,
         raise UpstreamRejected(f"upstream {client.name} answered {resp.status} for blob {digest}",
                                resp.status)
 
+    if resp.content_length == 0 and not digest.names_empty():
+        resp.release()  # a zero-length response would complete before any verification
+        raise VerificationError(f"upstream length 0 for {digest}, which names non-empty content")
+
     async def body() -> AsyncIterator[bytes]:
         hasher = digest.hasher()
         held = b""

@@ -28,6 +28,7 @@ from mirror.observe.metrics import Metrics
 from mirror.observe.pullstats import PullStats
 from mirror.oci.routing import Route, resolve_route
 from mirror.pull.stack import build_services
+from mirror.store.dirlock import CacheDirLock
 
 log = logging.getLogger("mirror.http.app")
 EVICTION_INTERVAL = 5.0
@@ -83,6 +84,7 @@ def _security(app: web.Application, config: Config, token_key: Secret | None) ->
     if config.auth is not None:
         app[CLIENT_AUTH] = ClientAuth(config.auth, app[METRICS].registry, app[ROUTER], token_key)
         app[RELOAD].append(app[CLIENT_AUTH].reload)
+        app.cleanup_ctx.append(app[CLIENT_AUTH].ctx)
     if config.tls is not None:
         app[SERVER_TLS] = ServerTLS(config.tls)
         app[RELOAD].append(app[SERVER_TLS].reload)
@@ -96,8 +98,15 @@ def _service_ctx(audit: AuditLog | None) -> Callable[[web.Application], AsyncIte
 async def _services(app: web.Application, audit: AuditLog | None) -> AsyncIterator[None]:
     config, metrics = app[CONFIG], app[METRICS]
     worker = app.get(WORKER)
-    parts = await build_services(config, metrics, shared_dir=worker is not None,
-                                 evicting=worker is None or worker.primary, audit=audit)
+    # Held while serving: `mirror gc`/`import`/`seed` refuse to run on a live cache.dir (they
+    # would sweep tmp/ under our downloads); raises CacheDirBusy while one of them runs.
+    dirlock = CacheDirLock.shared(config.cache.dir)
+    try:
+        parts = await build_services(config, metrics, shared_dir=worker is not None,
+                                     evicting=worker is None or worker.primary, audit=audit)
+    except BaseException:
+        dirlock.release()
+        raise
     tier, clients, service = parts.tier, parts.clients, parts.service
     app[SERVICE] = service
     if service.signatures is not None:
@@ -134,3 +143,4 @@ async def _services(app: web.Application, audit: AuditLog | None) -> AsyncIterat
             task.cancel()
         await asyncio.gather(*background, return_exceptions=True)
         await parts.close()
+        dirlock.release()

@@ -6,9 +6,13 @@
 - Slow clients: a connection must deliver a complete request head within `client_timeout` of
   connecting or of the previous response (aiohttp's keep-alive timer closes a connection whose
   handler is still waiting for a request), and the TLS handshake must finish in that time too.
-  A slow *reader* of a large blob is not cut: that is a slow network, not an attack.
-- Connections: at most `max_connections` open at once (`ConnectionGate`); one more is answered
-  503 and closed right away, so a client sees a clear error instead of a hang.
+  A slow *reader* of a large blob is not cut: that is a slow network, not an attack. A client
+  that stops reading is: once the response waits on it (the transport paused writing) and no
+  byte leaves for `send_timeout`, the connection is aborted, and with it the response's file
+  descriptors, mappings and pins (`QuietRequestHandler`).
+- Connections: at most `max_connections` open at once, and `max_connections_per_client` from
+  one address (`ConnectionGate`); one more is answered 503 and closed right away, so a client
+  sees a clear error instead of a hang, and one address cannot take every connection.
 - Requests: optionally a token bucket per client address (`RateLimiter`): `rate` per second,
   `burst` at once; beyond it 429 TOOMANYREQUESTS with Retry-After. Health probes are exempt.
 """
@@ -129,7 +133,71 @@ class QuietRequestHandler(RequestHandler):
     """aiohttp's connection handler, minus one leak: for a request it cannot parse (a header
     too long, a bad character) aiohttp writes the offending bytes into its log line and into the
     400 body, and those bytes may be an Authorization header. Here the client gets an OCI JSON
-    400 and the log gets the error's class name only."""
+    400 and the log gets the error's class name only.
+
+    Plus two limits from the gate: the connection is refused (503) when its address has too many
+    open already, and aborted when a response waits on a client that takes no bytes for
+    `send_timeout` (writing paused, and the transport's buffer not shrinking)."""
+
+    def __init__(self, gate: ConnectionGate, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._gate = gate
+        self._peer: str | None = None
+        self._stall_timer: asyncio.TimerHandle | None = None
+        self._unsent = 0  # bytes in the transport's buffer at the last look
+        self._progress_at = 0.0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        peer = transport.get_extra_info("peername")
+        self._peer = str(peer[0]) if isinstance(peer, tuple) and peer else "unknown"
+        if not self._gate.admit(self._peer):
+            self._peer = None
+            assert isinstance(transport, asyncio.WriteTransport)
+            transport.write(OVERLOADED_RESPONSE)
+            transport.close()
+        super().connection_made(transport)
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        if self._peer is not None:
+            self._gate.leave(self._peer)
+            self._peer = None
+        self._stop_watch()
+        super().connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        self._progress_at = self._loop.time()
+        self._unsent = self._buffered()
+        self._stall_timer = self._loop.call_later(self._gate.check_interval, self._check_stall)
+
+    def resume_writing(self) -> None:
+        self._stop_watch()
+        super().resume_writing()
+
+    def _buffered(self) -> int:
+        t = self.transport
+        return t.get_write_buffer_size() if t is not None and not t.is_closing() else 0
+
+    def _stop_watch(self) -> None:
+        if self._stall_timer is not None:
+            self._stall_timer.cancel()
+            self._stall_timer = None
+
+    def _check_stall(self) -> None:
+        # Writing is paused, so nothing is added to the buffer meanwhile: any shrink is bytes
+        # the client took.
+        now, unsent = self._loop.time(), self._buffered()
+        if unsent < self._unsent:
+            self._unsent, self._progress_at = unsent, now
+        elif now - self._progress_at >= self._gate.send_timeout:
+            self._stall_timer = None
+            self._gate.send_timeouts.inc()
+            log.info("aborting a response to %s: no byte taken for %.0fs", self._peer or "a client",
+                     now - self._progress_at)
+            if self.transport is not None:
+                self.transport.abort()  # the writer's drain fails; its handler cleans up
+            return
+        self._stall_timer = self._loop.call_later(self._gate.check_interval, self._check_stall)
 
     def handle_error(self, request: BaseRequest, status: int = 500, exc: BaseException | None = None,
                      message: str | None = None) -> web.StreamResponse:
@@ -152,17 +220,46 @@ class ConnectionGate:
     their TLS handshake are not counted yet; `client_timeout` bounds how long they can stay in
     that state."""
 
-    def __init__(self, server: web.Server, max_connections: int | None,
+    def __init__(self, server: web.Server, limits: LimitsConfig,
                  registry: CollectorRegistry) -> None:
         self._server = server
-        self.max_connections = max_connections
+        self.max_connections = limits.max_connections
+        self.per_client = limits.max_connections_per_client
+        self.send_timeout = limits.send_timeout
+        self.check_interval = max(0.05, limits.send_timeout / 4)
+        self._open: dict[str, int] = {}  # client address -> connections open
         self.rejected = Counter("mirror_connections_rejected", "Connections refused because "
-                                "limits.max_connections were open", registry=registry)
+                                "limits.max_connections (or max_connections_per_client from "
+                                "one address) were open", registry=registry)
+        self.send_timeouts = Counter("mirror_send_timeouts", "Responses aborted because the "
+                                     "client took no bytes for limits.send_timeout",
+                                     registry=registry)
 
     def __call__(self) -> asyncio.BaseProtocol:
         if self.max_connections is not None and len(self._server.connections) >= self.max_connections:
             self.rejected.inc()
             return _Overloaded()
         # The same arguments aiohttp's Server.__call__ passes (handler_args included).
-        return QuietRequestHandler(self._server, loop=asyncio.get_running_loop(),
+        return QuietRequestHandler(self, self._server, loop=asyncio.get_running_loop(),
                                    **self._server._kwargs)
+
+    def admit(self, address: str) -> bool:
+        """Count a connection from `address` as it starts, or refuse it (False): its address
+        has enough, or every slot is taken. The second look at the total is exact where the one
+        in __call__ is not: the loop accepts a burst of connections (calling the factory for
+        each) before any of them starts and is counted."""
+        n = self._open.get(address, 0)
+        full = (self.max_connections is not None
+                and len(self._server.connections) >= self.max_connections)
+        if full or (self.per_client is not None and n >= self.per_client):
+            self.rejected.inc()
+            return False
+        self._open[address] = n + 1
+        return True
+
+    def leave(self, address: str) -> None:
+        n = self._open.get(address, 0) - 1
+        if n > 0:
+            self._open[address] = n
+        else:
+            self._open.pop(address, None)

@@ -156,8 +156,10 @@ async def _blob(request: web.Request, route: Route, ref_text: str,
         rec.result = result
         metrics.requests.labels(route.upstream, "blob", result).inc()
         body = handle.body
-        if handle.size is None and isinstance(body, Download):
-            # Upstream sent no length: only a finished download tells us the size.
+        if not handle.size and isinstance(body, Download):
+            # Upstream sent no length: only a finished download tells us the size. A length
+            # of 0 waits too: an empty body has no last byte to hold back until the digest
+            # verified, so it could complete wrong (an upstream that says 0 for real content).
             while not body.fetch.done:
                 if body.fetch.error is not None:
                     raise body.fetch.error

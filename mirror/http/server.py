@@ -17,6 +17,7 @@ from collections.abc import Callable
 
 from aiohttp import web
 
+from mirror.config import LimitsConfig
 from mirror.http.keys import CONFIG, METRICS
 from mirror.http.limits import ConnectionGate
 from mirror.http.tls import ServerTLS
@@ -38,11 +39,10 @@ def reload_all(app: web.Application) -> None:
 class GatedSockSite(web.SockSite):
     """A SockSite whose protocol factory is wrapped in the connection gate (if any)."""
 
-    def __init__(self, runner: web.AppRunner, sock: socket.socket, gate_limit: int | None,
-                 handshake_timeout: float, **kwargs: object) -> None:
+    def __init__(self, runner: web.AppRunner, sock: socket.socket, limits: LimitsConfig,
+                 **kwargs: object) -> None:
         super().__init__(runner, sock, **kwargs)  # type: ignore[arg-type]
-        self._gate_limit = gate_limit
-        self._handshake_timeout = handshake_timeout
+        self._limits = limits
 
     async def start(self) -> None:
         # BaseSite.start registers the site with the runner; SockSite.start would also create
@@ -50,11 +50,11 @@ class GatedSockSite(web.SockSite):
         await web.BaseSite.start(self)
         runner = self._runner
         assert isinstance(runner, web.AppRunner) and runner.server is not None
-        factory = ConnectionGate(runner.server, self._gate_limit, runner.app[METRICS].registry)
+        factory = ConnectionGate(runner.server, self._limits, runner.app[METRICS].registry)
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
             factory, sock=self._sock, ssl=self._ssl_context, backlog=self._backlog,
-            ssl_handshake_timeout=self._handshake_timeout if self._ssl_context else None)
+            ssl_handshake_timeout=self._limits.client_timeout if self._ssl_context else None)
 
 
 async def _serve(app: web.Application, sock: socket.socket, banner: Callable[[str], None],
@@ -66,7 +66,7 @@ async def _serve(app: web.Application, sock: socket.socket, banner: Callable[[st
     try:
         limits = app[CONFIG].limits
         tls = app.get(SERVER_TLS)
-        site = GatedSockSite(runner, sock, limits.max_connections, limits.client_timeout,
+        site = GatedSockSite(runner, sock, limits,
                              ssl_context=tls.context if tls is not None else None,
                              shutdown_timeout=shutdown_timeout)
         await site.start()

@@ -46,6 +46,7 @@ from aiohttp import web
 
 from mirror.config import Config, Secret
 from mirror.store.db import Database
+from mirror.store.dirlock import CacheDirBusy, CacheDirLock
 
 log = logging.getLogger("mirror.http.workers")
 STOP_TIMEOUT = 15.0  # seconds a worker gets to finish after SIGTERM
@@ -185,6 +186,12 @@ class Supervisor:
         except OSError as e:
             log.error("cannot listen on %s: %s", self.config.listen, e.strerror)
             return 1
+        try:  # before the sweep: never under a maintenance tool (mirror/store/dirlock.py)
+            dirlock = CacheDirLock.shared(self.config.cache.dir)
+        except CacheDirBusy as e:
+            log.error("%s", e)
+            reserve.close()
+            return 1
         swept = sweep_tmp(self.config.cache.dir)
         if swept:
             log.info("removed %d unfinished downloads from %s", swept, self.config.cache.dir / "tmp")
@@ -195,6 +202,7 @@ class Supervisor:
         except (OSError, sqlite3.Error) as e:
             log.error("cannot open the cache index in %s: %s", self.config.cache.dir, e)
             reserve.close()
+            dirlock.release()
             return 1
         self.metrics_dir = Path(tempfile.mkdtemp(prefix="mirror-metrics-"))
         self._pipe_r, self._pipe_w = os.pipe()
@@ -213,6 +221,7 @@ class Supervisor:
             for sig, handler in old.items():
                 signal.signal(sig, handler)
             reserve.close()
+            dirlock.release()
             os.close(self._pipe_r)
             os.close(self._pipe_w)
             shutil.rmtree(self.metrics_dir, ignore_errors=True)

@@ -192,6 +192,9 @@ class Metrics:
         self.cache_write_errors = Counter(
             "mirror_cache_write_errors", "Writes to a cache tier that failed (disk full, I/O)",
             ["tier"], registry=r)
+        self.index_writes_lost = Counter(
+            "mirror_index_writes_lost", "Index database writes lost: the commit failed (error: "
+            "disk full, I/O) or the queue was full (overflow)", ["reason"], registry=r)
         self.ratelimit_remaining = Gauge(
             "mirror_upstream_ratelimit_remaining", "Pulls left in the upstream's rate-limit window "
             "(Docker Hub ratelimit-remaining)", ["upstream"], registry=r,

@@ -147,6 +147,13 @@ class DiskFull(MirrorError):
     status = 503
 
 
+class CacheConflict(MirrorError):
+    """Content being written was removed or replaced under us by another process."""
+
+    code = "UNAVAILABLE"
+    status = 503
+
+
 class ConfigError(Exception):
     """A config file that cannot be used; `problems` holds one line per problem, each naming its key."""
 

@@ -65,6 +65,10 @@ class Digest:
     def hasher(self) -> Any:
         return hashlib.new(self.algorithm)
 
+    def names_empty(self) -> bool:
+        """Whether this is the digest of zero bytes (the only content of length 0)."""
+        return self.hex == hashlib.new(self.algorithm, b"").hexdigest()
+
     def __str__(self) -> str:
         return f"{self.algorithm}:{self.hex}"
 

@@ -51,7 +51,7 @@ class Listings:
     def _from_index(self, upstream: str, repo: str, query: str) -> PassThrough:
         """The tags this mirror knows, paginated by the spec's `n` and `last` (lexical order,
         `last` excluded, no Link for n=0 or the last page)."""
-        names = sorted(t for (u, r, t, _) in self.tags.all() if u == upstream and r == repo)
+        names = self.tags.tags_of(upstream, repo)
         if not names:
             raise NameUnknown(f"repository {repo} is not known to this mirror")
         params = dict(parse_qsl(query))

@@ -59,6 +59,7 @@ class PullService:
         self._linked: LRUCache[tuple[str, str, str], bool] = LRUCache(maxsize=100_000)
         self._prefetch_slots = asyncio.Semaphore(config.prefetch.parallel)
         self._background: set[asyncio.Task[None]] = set()
+        self._children: set[str] = set()  # index children being prefetched
 
     def client(self, upstream: str) -> UpstreamClient | None:
         return self.upstreams.client(upstream)
@@ -102,9 +103,15 @@ class PullService:
             return
         parsed = parse_manifest(m.body, m.media_type)
         if parsed.is_index:
-            child = select_platform(parsed, DEFAULT_PLATFORM)
-            if child is not None and self.manifests.cached(child.digest) is None:
-                self._spawn(self._prefetch_child(client, repo, child.digest))
+            # Which child the client wants, its next request says (the platform's manifest,
+            # whose blobs are prefetched then); guessing linux/amd64 cost arm64 clients a
+            # whole image. Only configured platforms are fetched right away.
+            for platform in self.config.prefetch.platforms:
+                child = select_platform(parsed, platform)
+                if (child is not None and str(child.digest) not in self._children
+                        and self.manifests.cached(child.digest) is None):
+                    self._children.add(str(child.digest))  # N index pulls: one child fetch
+                    self._spawn(self._prefetch_child(client, repo, child.digest))
             return
         for blob in parsed.blobs:
             self.blobs.prefetch(client, repo, blob.digest, blob.size if blob.size >= 0 else None)
@@ -116,6 +123,8 @@ class PullService:
             except MirrorError as e:
                 log.info("prefetch of %s failed: %s", digest, e.message)
                 return
+            finally:
+                self._children.discard(str(digest))
             self.metrics.prefetches.labels(client.name, "manifest").inc()
             if self.signatures is not None and not await self.signatures.permits(
                     client.name, repo, answer.manifest):

@@ -97,8 +97,9 @@ async def build_services(config: Config, metrics: Metrics, *, shared_dir: bool =
     `shared_dir`: one of several worker processes sharing cache.dir (no sweep, cross-process
     downloads); `evicting`: this process keeps the hot tier's budget (one of them does);
     `audit`: where signature refusals are written (the server's audit log)."""
-    db = Database(config.cache.dir / "index.db")
+    db = Database(config.cache.dir / "index.db", metrics)
     tags = TagIndex(db)
+    tags.drop_negative()
     storage = build_storage(config, db, tags, metrics, evicting)
     tier, tiers = storage.tier, storage.tiers
     # Before open_sync reads the directory: it learns what other workers do from then on.

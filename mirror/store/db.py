@@ -15,6 +15,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from mirror.observe.metrics import Metrics
+
 log = logging.getLogger("mirror.store.db")
 
 SCHEMA = """
@@ -47,13 +49,21 @@ CREATE INDEX IF NOT EXISTS evictions_age ON evictions (evicted_at);
 """
 
 Statement = tuple[str, Sequence[Any]]
+# Writes queued while the writer cannot keep up (or the disk is full). Beyond this they are
+# dropped and counted: every record can be rebuilt from the blob files or refetched, and a queue
+# without bound would take the process's memory with it.
+MAX_PENDING = 100_000
 
 
 class Database:
     FLUSH_INTERVAL = 0.05
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, metrics: Metrics | None = None,
+                 max_pending: int = MAX_PENDING) -> None:
         self.path = path
+        self._metrics = metrics  # None for command-line tools (nothing to export to)
+        self.max_pending = max_pending
+        self._overflowing = False
         path.parent.mkdir(parents=True, exist_ok=True)
         self._writer_conn = self._connect()
         self._writer_conn.executescript(SCHEMA)
@@ -85,9 +95,22 @@ class Database:
     # -- writes (batched, off the loop) ----------------------------------------------------
 
     def write(self, sql: str, params: Sequence[Any] = ()) -> None:
+        if len(self._pending) >= self.max_pending:
+            self._lost("overflow", 1)
+            if not self._overflowing:  # once per episode, not once per write
+                self._overflowing = True
+                log.warning("index database writes are %d behind: dropping new ones",
+                            len(self._pending))
+            return
+        self._overflowing = False
         self._pending.append((sql, params))
         if self._wake is not None:
             self._wake.set()
+
+    @property
+    def backlog(self) -> int:
+        """Writes queued and not yet handed to the writer thread."""
+        return len(self._pending)
 
     def write_now(self, statements: Iterable[Statement]) -> None:
         """Synchronous write, for command-line tools and start-up (no loop running)."""
@@ -106,9 +129,21 @@ class Database:
                 for sql, params in batch:
                     conn.execute(sql, params)
                 conn.execute("COMMIT")
-            except sqlite3.Error:
-                conn.execute("ROLLBACK")
-                log.exception("database write of %d statements failed", len(batch))
+            except sqlite3.Error as e:
+                # SQLite has already rolled back by itself on SQLITE_FULL, IOERR and others:
+                # a ROLLBACK then raises, which used to escape and end the flusher for good.
+                if conn.in_transaction:
+                    try:
+                        conn.execute("ROLLBACK")
+                    except sqlite3.Error:
+                        pass
+                self._lost("error", len(batch))
+                log.error("database write of %d statements failed (%s): they are lost",
+                          len(batch), e)
+
+    def _lost(self, reason: str, n: int) -> None:
+        if self._metrics is not None:
+            self._metrics.index_writes_lost.labels(reason).inc(n)
 
     async def start(self) -> None:
         self._wake = asyncio.Event()
@@ -120,7 +155,10 @@ class Database:
             await self._wake.wait()
             self._wake.clear()
             await asyncio.sleep(self.FLUSH_INTERVAL)  # gather a batch
-            await self.flush()
+            try:
+                await self.flush()
+            except Exception:  # the flusher must outlive any one batch
+                log.exception("database flush failed")
 
     async def close(self) -> None:
         if self._flusher is not None:

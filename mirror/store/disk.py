@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from mirror.observe.metrics import Metrics
-from mirror.oci.errors import VerificationError
+from mirror.oci.errors import CacheConflict, VerificationError
 from mirror.oci.models import Digest
 from mirror.store.db import Database
 from mirror.store.evictlog import record_evictions
@@ -173,6 +173,16 @@ class DiskTier:
         os.fsync(temp.fd)
         final = self.path(temp.digest)
         final.parent.mkdir(parents=True, exist_ok=True)
+        # The rename goes by path, and what we verified is the file behind temp.fd: if the
+        # path now names another file (tmp/ swept, and a fixed-name .part created again by
+        # another process) or none, renaming it would publish bytes nobody checked.
+        try:
+            same = os.stat(temp.path).st_ino == os.fstat(temp.fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if not same:
+            raise CacheConflict(f"the download of {temp.digest} lost its temp file "
+                                f"{temp.path.name} (removed or replaced by another process)")
         os.replace(temp.path, final)
 
     async def commit(self, temp: TempBlob, media_type: str | None = None,

@@ -14,6 +14,9 @@ from cachetools import LRUCache
 from mirror.store.db import Database
 
 NEGATIVE_TTL = 30.0  # "upstream has no such tag" is remembered briefly; tags appear at any time
+# Negative records are kept in memory only, at most this many: their names are the clients'
+# choice (any number of tags that do not exist), and they are worth NEGATIVE_TTL seconds.
+NEGATIVE_ENTRIES = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,13 +47,15 @@ TagKey = tuple[str, str, str]
 
 
 class TagIndex:
-    def __init__(self, db: Database, memory_entries: int = 100_000) -> None:
+    def __init__(self, db: Database, memory_entries: int = 100_000,
+                 negative_entries: int = NEGATIVE_ENTRIES) -> None:
         self._db = db
         self._memory: LRUCache[TagKey, TagRecord] = LRUCache(maxsize=memory_entries)
+        self._negative: LRUCache[TagKey, TagRecord] = LRUCache(maxsize=negative_entries)
 
     def get(self, upstream: str, repo: str, tag: str) -> TagRecord | None:
         key = (upstream, repo, tag)
-        rec = self._memory.get(key)
+        rec = self._negative.get(key) or self._memory.get(key)
         if rec is not None:
             return rec
         row = self._db.query_one(
@@ -66,17 +71,26 @@ class TagIndex:
         """The record as the database has it, when that is newer than memory's: with several
         worker processes, another one may have revalidated the tag (server.workers > 1)."""
         key = (upstream, repo, tag)
-        rec = self._memory.get(key)
+        rec = self._negative.get(key) or self._memory.get(key)
         row = self._db.query_one(
             "SELECT digest, media_type, size, checked_at FROM tags "
             "WHERE upstream=? AND repo=? AND tag=?", key)
         if row is not None and (rec is None or row[3] > rec.checked_at):
             rec = TagRecord(row[0], row[1], row[2], row[3])
             self._memory[key] = rec
+            self._negative.pop(key, None)
         return rec
 
     def put(self, upstream: str, repo: str, tag: str, record: TagRecord) -> None:
-        self._memory[(upstream, repo, tag)] = record
+        key = (upstream, repo, tag)
+        if record.digest is None:  # bounded, in memory; a record it replaces is deleted
+            self._negative[key] = record
+            if self._memory.pop(key, None) is not None or self._db.query_one(
+                    "SELECT 1 FROM tags WHERE upstream=? AND repo=? AND tag=?", key):
+                self._db.write("DELETE FROM tags WHERE upstream=? AND repo=? AND tag=?", key)
+            return
+        self._negative.pop(key, None)
+        self._memory[key] = record
         self._db.write(
             "INSERT OR REPLACE INTO tags (upstream, repo, tag, digest, media_type, size, checked_at)"
             " VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -89,8 +103,20 @@ class TagIndex:
 
     def delete(self, upstream: str, repo: str, tag: str) -> None:
         self._memory.pop((upstream, repo, tag), None)
+        self._negative.pop((upstream, repo, tag), None)
         self._db.write("DELETE FROM tags WHERE upstream=? AND repo=? AND tag=?",
                        (upstream, repo, tag))
+
+    def drop_negative(self) -> None:
+        """Negative records an earlier version stored in the database."""
+        self._db.write("DELETE FROM tags WHERE digest IS NULL")
+
+    def tags_of(self, upstream: str, repo: str) -> list[str]:
+        """The repository's known tags, sorted: a range of the primary key, never a scan of
+        the table (this runs on the event loop, for the offline tag list)."""
+        rows = self._db.query("SELECT tag FROM tags WHERE upstream=? AND repo=? AND digest IS "
+                              "NOT NULL ORDER BY tag", (upstream, repo))
+        return [r[0] for r in rows]
 
     def all(self) -> list[tuple[str, str, str, TagRecord]]:
         rows = self._db.query("SELECT upstream, repo, tag, digest, media_type, size, checked_at "

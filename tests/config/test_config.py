@@ -125,3 +125,16 @@ def test_mirror_config_env_variable(tmp_path: Path) -> None:
     f.write_text("listen: 127.0.0.1:5999\nupstreams: {docker.io: {url: 'http://127.0.0.1:9'}}\n")
     r = run_cli("check-config", env={"MIRROR_CONFIG": str(f), "PATH": "/usr/bin"})
     assert r.returncode == 0 and "127.0.0.1:5999" in r.stdout
+
+
+def test_prefetch_platforms() -> None:
+    up = {"docker.io": {"url": "http://127.0.0.1:9"}}
+    cfg = parse_config({"upstreams": up, "prefetch": {"platforms": ["linux/arm64/v8"]}}, {},
+                       Path("/tmp"))
+    assert [(p.os, p.architecture, p.variant) for p in cfg.prefetch.platforms] == [
+        ("linux", "arm64", "v8")]
+    assert parse_config({"upstreams": up}, {}, Path("/tmp")).prefetch.platforms == ()
+    out = problems({"upstreams": up, "prefetch": {"platforms": ["linux", "linux/amd64"]}})
+    assert len(out) == 1 and out[0].startswith("prefetch.platforms[0]: "), out
+    out = problems({"upstreams": up, "prefetch": {"platforms": "linux/amd64"}})
+    assert len(out) == 1 and out[0].startswith("prefetch.platforms: "), out

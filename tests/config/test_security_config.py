@@ -35,7 +35,8 @@ def test_full_security_config(tmp_path: Path) -> None:
                  "rules": [{"allow": True, "users": ["anonymous"], "repositories": "library/*"},
                            {"deny": True, "users": ["bob"], "upstreams": ["ghcr.io"]}]},
         "limits": {"max_header_size": "16KiB", "max_connections": 0, "client_timeout": "15s",
-                   "rate_limit": {"rate": 20, "burst": 50}},
+                   "rate_limit": {"rate": 20, "burst": 50}, "send_timeout": "2m",
+                   "max_connections_per_client": 0},
     }, env={}, base=tmp_path)
     assert cfg.tls is not None and cfg.tls.client_ca == ca.cert
     a = cfg.auth
@@ -47,12 +48,14 @@ def test_full_security_config(tmp_path: Path) -> None:
     lim = cfg.limits
     assert (lim.max_header_size, lim.max_connections, lim.client_timeout) == (16384, None, 15.0)
     assert lim.rate_limit == RateLimitConfig(20.0, 50)
+    assert (lim.send_timeout, lim.max_connections_per_client) == (120.0, None)
 
 
 def test_defaults_without_the_sections(tmp_path: Path) -> None:
     cfg = parse_config({"upstreams": UP}, env={}, base=tmp_path)
     assert cfg.tls is None and cfg.auth is None
     assert cfg.limits.max_connections == 1024 and cfg.limits.rate_limit is None
+    assert (cfg.limits.send_timeout, cfg.limits.max_connections_per_client) == (60.0, 256)
 
 
 def test_tls_problems_name_their_key(tmp_path: Path) -> None:
@@ -116,6 +119,11 @@ def test_auth_problems_name_their_key(tmp_path: Path, auth: dict[str, Any], expe
     ({"max_connections": -1}, "limits.max_connections: must be a positive number"),
     ({"max_connections": "many"}, "limits.max_connections: must be an integer"),
     ({"client_timeout": "0s"}, "limits.client_timeout: must be at least 1s"),
+    ({"send_timeout": "500ms"}, "limits.send_timeout: must be at least 1s"),
+    ({"send_timeout": "forever"}, "limits.send_timeout: expected a duration"),
+    ({"max_connections_per_client": -2},
+     "limits.max_connections_per_client: must be a positive number"),
+    ({"max_connections_per_client": "x"}, "limits.max_connections_per_client: must be an integer"),
     ({"rate_limit": {"burst": 5}}, "limits.rate_limit.rate: is required"),
     ({"rate_limit": {"rate": 1, "burst": 0}}, "limits.rate_limit.burst: must be at least 1"),
     ({"rate_limit": {"rate": 1, "per": "ip"}}, "limits.rate_limit.per: unknown key"),

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import http.client
+import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -13,6 +15,7 @@ from tests.support import Fault, RecordingProxy, fetch
 from tests.support.blobs import MiB, PushedBlob, concurrently, push_random_blob
 from tests.support.client import Reply
 from tests.support.mirror_proc import MirrorProcess, mirror_config
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -55,26 +58,34 @@ def test_twenty_clients_one_upstream_fetch(mirror_proc: MirrorProcess, registry_
     registry_tap.set_fault(Fault(mode="slow", rate=32 * MiB, match="/blobs/", method="GET"))
     url = f"{mirror_proc.url}/v2/{blob.repo}/blobs/{blob.digest}"
     mid = (blob.size // 2, blob.size // 2 + 999_999)
+    results: list[tuple[Reply, str] | None] = [None] * 19
 
-    def client(i: int) -> tuple[Reply, str]:
-        if i == 0:  # a Range request while the blob is still downloading
-            return hashed_get(url, {"Range": f"bytes={mid[0]}-{mid[1]}"})
-        return hashed_get(url)
+    def client(i: int) -> None:
+        results[i] = hashed_get(url)
 
-    results = run_concurrently(20, client)
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(19)]
+    for t in threads:
+        t.start()
+    # A Range request while the blob is still downloading: sent once the upstream transfer has
+    # begun, and (checked below) before it ended.
+    wait_for("the upstream transfer to start", lambda: any(
+        r.bytes_sent > 0 for r in registry_tap.filter(method="GET", kind="blob")))
+    range_sent = time.monotonic()
+    ranged, ranged_digest = hashed_get(url, {"Range": f"bytes={mid[0]}-{mid[1]}"})
+    for t in threads:
+        t.join(120)
     registry_tap.wait_idle()
     gets = registry_tap.filter(method="GET", kind="blob")
     assert len(gets) == 1, registry_tap.describe()
+    assert gets[0].finished is not None and range_sent < gets[0].finished, "not mid-download"
+    assert ranged.error is None and ranged.status == 206
+    assert ranged_digest == "sha256:" + hashlib.sha256(blob.slice(*mid)).hexdigest()
     for i, res in enumerate(results):
-        assert isinstance(res, tuple)
+        assert res is not None, i
         reply, digest = res
         assert reply.error is None, (i, reply.error)
-        if i == 0:
-            assert reply.status == 206
-            assert digest == "sha256:" + hashlib.sha256(blob.slice(*mid)).hexdigest()
-        else:
-            assert reply.status == 200 and reply.size == blob.size
-            assert digest == blob.digest
+        assert reply.status == 200 and reply.size == blob.size
+        assert digest == blob.digest
     assert peak_rss_mib(mirror_proc) < 200
 
 

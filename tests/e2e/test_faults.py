@@ -44,10 +44,12 @@ def make_mirror(tmp_path: Path) -> Iterator[MakeMirror]:
 
     yield make
     for p in procs:
-        alive = p.proc is not None and p.proc.poll() is None
+        # A mirror the test did not stop or kill itself must have survived every fault.
+        died = p.proc is not None and p.proc.poll() is not None
+        code = p.proc.returncode if p.proc is not None else None
         p.stop()
+        assert not died, f"mirror exited {code} during the test:\n{p.log_text()[-3000:]}"
         assert "Traceback" not in p.log_text(), p.log_text()[-3000:]
-        del alive
 
 
 def metric(mirror: MirrorProcess, name: str, **labels: str) -> float:

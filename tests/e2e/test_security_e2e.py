@@ -27,6 +27,7 @@ from tests.support.images import synthetic_layer
 from tests.support.mirror_app import ALL_MANIFEST_TYPES
 from tests.support.mirror_proc import MirrorProcess, mirror_config
 from tests.support.verify import verify_dir_copy
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -339,13 +340,29 @@ def test_connection_limit_and_slow_clients(registry_tap: RecordingProxy, tmp_pat
     cfg = mirror_config({"docker.io": registry_tap.url}, tmp_path / "cache",
                         limits={"max_connections": 3, "client_timeout": "2s"})
     with MirrorProcess(cfg, workdir=tmp_path) as proc:
-        time.sleep(0.2)  # the readiness poll's connection has gone
-        idle = [socket.create_connection(("127.0.0.1", proc.port), timeout=30) for _ in range(3)]
-        try:
-            time.sleep(0.3)  # let the server register them
+        refused = 0  # connections the server answered 503, for the metric below
+        held: list[tuple[list[socket.socket], bytes]] = []
+
+        def hold_every_slot() -> bool:
+            """Three idle connections, then a fourth: refused once the three hold every slot
+            (the readiness poll's connection may still count for a moment: then try again)."""
+            nonlocal refused
+            idle = [socket.create_connection(("127.0.0.1", proc.port), timeout=30)
+                    for _ in range(3)]
             with socket.create_connection(("127.0.0.1", proc.port), timeout=30) as extra:
-                answer = _read_all(extra)
-            assert answer.startswith(b"HTTP/1.1 503 "), answer
+                answer = _read_all(extra)  # a 503 at once, or (a free slot) closed at timeout
+            bounced = [s for s in idle if _peek(s).startswith(b"HTTP/1.1 503 ")]
+            refused += len(bounced) + answer.startswith(b"HTTP/1.1 503 ")
+            if answer.startswith(b"HTTP/1.1 503 ") and not bounced:
+                held.append((idle, answer))
+                return True
+            for s in idle:
+                s.close()
+            return False
+
+        wait_for("three connections to hold every slot", hold_every_slot, timeout=30)
+        idle, answer = held[0]
+        try:
             assert b'"UNAVAILABLE"' in answer and b"Retry-After: 1" in answer
             # Idle and half-sent requests are closed after client_timeout: slots free up.
             idle[0].sendall(b"GET /v2/ HTTP/1.1\r\nHost: x\r\n")  # and never the blank line
@@ -359,9 +376,17 @@ def test_connection_limit_and_slow_clients(registry_tap: RecordingProxy, tmp_pat
         r = fetch(f"{proc.url}/v2/")
         assert r.status == 200
         text = fetch(f"{proc.url}/metrics").body.decode()
-        assert "mirror_connections_rejected_total 1.0" in text
+        assert f"mirror_connections_rejected_total {refused}.0" in text, (refused, text)
         evidence.add("metrics", text)
     evidence.add_process(proc)
+
+
+def _peek(s: socket.socket) -> bytes:
+    """What the server sent on `s` so far, without waiting or consuming it."""
+    try:
+        return s.recv(4096, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+    except BlockingIOError:
+        return b""
 
 
 def _read_all(s: socket.socket) -> bytes:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -100,13 +102,26 @@ def test_range_parser_stays_in_bounds(header: str, size: int) -> None:
         assert 0 <= start <= end < size
 
 
-@given(st.text(max_size=200))
+@given(st.one_of(st.text(max_size=200), st.from_regex(r"sha256:[0-9a-f]{64}", fullmatch=True),
+                 st.from_regex(r"[a-z0-9]+(/[a-z0-9]+)*", fullmatch=True)))
 def test_names_and_refs_never_crash(text: str) -> None:
-    for fn in (parse_repo_name, Reference.parse, Digest.parse):
+    """Anything is either refused with a client error (a 4xx with an OCI body) or accepted as
+    exactly what was written: no other exception, no silent rewriting."""
+    def reference(t: str) -> str:
+        return str(Reference.parse(t))
+
+    def digest(t: str) -> str:
+        return str(Digest.parse(t))
+
+    parsers: dict[str, Callable[[str], str]] = {"name": parse_repo_name, "reference": reference,
+                                                "digest": digest}
+    for kind, fn in parsers.items():
         try:
-            fn(text)
-        except ClientError:
-            pass
+            parsed = fn(text)
+        except ClientError as e:
+            assert 400 <= e.status < 500, (kind, e)
+            continue
+        assert parsed == text, (kind, parsed)
 
 
 @given(st.text(max_size=200))

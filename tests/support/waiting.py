@@ -3,6 +3,7 @@ coming up)."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 
@@ -15,4 +16,15 @@ def wait_for(what: str, check: Callable[[], object], timeout: float = 30.0) -> o
         if value:
             return value
         time.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+async def until(what: str, check: Callable[[], object], within: float = 30.0) -> object:
+    """wait_for for coroutines: poll without blocking the event loop the mirror runs on."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        await asyncio.sleep(0.02)
     raise AssertionError(f"timed out waiting for {what}")
