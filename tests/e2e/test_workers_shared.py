@@ -197,3 +197,44 @@ def test_an_eviction_by_the_primary_reaches_every_worker_and_its_uploader(
     assert "exited" not in log, log
     assert "No such file or directory" not in log, log  # no copy of a file that is gone
     shutil.rmtree(cold, ignore_errors=True)
+
+
+def test_the_evictor_copies_what_either_worker_has_not_copied_before_evicting(
+        registry_tap: RecordingProxy, tmp_path: Path) -> None:
+    """Both workers commit blobs while the cold tier is unwritable, so every copy is pending
+    (in both workers' queues, with growing retry delays). Once the cold tier works again, the
+    worker keeping the budget evicts; its guard finishes each victim's copy first, also the
+    ones the other worker queued: every evicted blob is then in the cold tier."""
+    cache, cold = tmp_path / "cache", tmp_path / "cold"
+    cfg = mirror_config({"docker.io": registry_tap.url}, cache, prefetch={"enabled": False},
+                        server={"workers": 2},
+                        cache={"max_size": "10MiB", "low_watermark": 0.3,
+                               "object_store": {"url": f"file://{cold}"}})
+    blobs = [push_random_blob(registry_tap.target, "test/guard", MiB, tmp_path)
+             for _ in range(12)]
+    first, then = blobs[:8], blobs[8:]
+    with two_workers(cfg, tmp_path / "m") as proc:
+        cold.rename(tmp_path / "cold-away")
+        cold.write_bytes(b"not a directory")
+        for b in first:
+            reply, digest = hashed_get(f"{proc.url}/v2/{b.repo}/blobs/{b.digest}")
+            assert reply.status == 200 and digest == b.digest
+        wait_for("both workers count the first blobs",
+                 lambda: every_view_matches_the_disk(proc.url, cache), timeout=30)
+        # Three failed attempts per blob: the next retries are 4 s away, longer than the
+        # eviction below takes, so only the evictor's own guard can copy in time.
+        wait_for("failed copies", lambda: metric(
+            proc.url, "mirror_cold_uploads_total", result="error") >= 3 * len(first), timeout=30)
+        cold.unlink()
+        (tmp_path / "cold-away").rename(cold)
+        for b in then:  # past the high watermark: the primary evicts
+            reply, digest = hashed_get(f"{proc.url}/v2/{b.repo}/blobs/{b.digest}")
+            assert reply.status == 200 and digest == b.digest
+        wait_for("the primary's eviction", lambda: len(evicted(cache, first)) >= 7, timeout=30)
+        gone = evicted(cache, blobs)
+        in_cold = [b for b in gone
+                   if (cold / "blobs" / "sha256" / b.digest[7:]).exists()
+                   or any(cold.rglob(b.digest[7:]))]
+        assert in_cold == gone, [b.digest for b in gone if b not in in_cold]
+        log = proc.log_text()
+    assert "before its copy to the cold tier finished" not in log, log
