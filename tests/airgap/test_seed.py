@@ -19,6 +19,7 @@ import yaml
 from tests.support import Catalog, FakeRegistry, Fault, RecordingProxy, fetch, layer_bytes
 from tests.support.images import MT_OCI_MANIFEST
 from tests.support.mirror_proc import MirrorProcess
+from tests.support.terminal import read_terminal
 
 
 def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -220,16 +221,7 @@ def test_progress_bar_on_a_terminal(catalog: Catalog, tmp_path: Path) -> None:
                              "library/big:latest"], cwd=tmp_path, stdout=subprocess.PIPE,
                             stderr=slave, text=True)
     os.close(slave)
-    screen = b""
-    while True:
-        try:
-            chunk = os.read(master, 65536)
-        except OSError:  # EIO: the child closed the terminal
-            break
-        if not chunk:
-            break
-        screen += chunk
-    os.close(master)
+    screen = read_terminal(master)
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 0, out
     text = screen.decode()

@@ -39,6 +39,7 @@ import yaml
 from tests.support import Catalog, ImagePusher, PushedImage, big_layer
 from tests.support.clientrun import dead_loopback_port
 from tests.support.mirror_proc import MirrorProcess
+from tests.support.terminal import read_terminal
 from tests.support.verify import sha256_file, verify_dir_copy
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -455,18 +456,9 @@ def on_terminal(*args: str, cwd: Path) -> tuple[int, str, str]:
     proc = subprocess.Popen([sys.executable, "-m", "mirror", *args], cwd=cwd,
                             stdout=subprocess.PIPE, stderr=slave, text=True)
     os.close(slave)
-    screen = b""
-    while True:
-        try:
-            chunk = os.read(master, 65536)
-        except OSError:  # EIO: the child closed the terminal
-            break
-        if not chunk:
-            break
-        screen += chunk
+    screen = read_terminal(master)
     assert proc.stdout is not None
     out = proc.stdout.read()
-    os.close(master)
     return proc.wait(60), screen.decode(errors="replace"), out
 
 

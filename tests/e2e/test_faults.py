@@ -22,6 +22,7 @@ from tests.support.blobs import MiB, PushedBlob, push_random_blob
 from tests.support.images import synthetic_layer
 from tests.support.mirror_app import ALL_MANIFEST_TYPES
 from tests.support.mirror_proc import MirrorProcess, mirror_config
+from tests.support.tmpfs import tmpfs
 from tests.support.verify import verify_dir_copy
 
 pytestmark = pytest.mark.e2e
@@ -233,16 +234,8 @@ def test_stalled_client_does_not_block_other_readers(make_mirror: MakeMirror,
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
     """A 20 MiB tmpfs as the hot tier: a real ENOSPC, not a simulated one (needs root)."""
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=20m", "tmpfs", str(mnt)],
-                       capture_output=True, text=True)
-    if r.returncode != 0:
-        pytest.fail(f"cannot mount a small tmpfs (root needed): {r.stderr}", pytrace=False)
-    try:
+    with tmpfs(tmp_path / "small", "20m") as mnt:
         yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
 def test_full_disk_streams_through_uncached(make_mirror: MakeMirror, registry_tap: RecordingProxy,

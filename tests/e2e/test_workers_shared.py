@@ -147,39 +147,54 @@ def every_view_matches_the_disk(url: str, cache: Path, n: int = 12) -> bool:
     return metric(url, "mirror_cache_bytes", tier="hot") == want_bytes
 
 
+def evicting_config(upstream: str, cache: Path, cold: Path) -> dict[str, Any]:
+    """Two workers, a 10 MiB hot tier (evicts past 9.5 MiB down to 3 MiB), a file:// cold tier."""
+    return mirror_config({"docker.io": upstream}, cache, prefetch={"enabled": False},
+                         server={"workers": 2},
+                         cache={"max_size": "10MiB", "low_watermark": 0.3,
+                                "object_store": {"url": f"file://{cold}"}})
+
+
+def break_cold_tier(cold: Path) -> None:
+    """Its directory becomes a file: every copy to it fails and stays pending."""
+    cold.rename(cold.with_name("cold-away"))
+    cold.write_bytes(b"not a directory")
+
+
+def mend_cold_tier(cold: Path) -> None:
+    cold.unlink()
+    cold.with_name("cold-away").rename(cold)
+
+
+def get_all(url: str, blobs: list[PushedBlob]) -> None:
+    for b in blobs:
+        reply, digest = hashed_get(f"{url}/v2/{b.repo}/blobs/{b.digest}")
+        assert reply.status == 200 and digest == b.digest
+
+
 def test_an_eviction_by_the_primary_reaches_every_worker_and_its_uploader(
         registry_tap: RecordingProxy, tmp_path: Path) -> None:
     """Worker 0 keeps the budget and evicts; the other worker learns it from the index's
     eviction log: its usage figures and /metrics agree with the disk again, and its pending
     copies of evicted files to the cold tier end as "gone" instead of failing forever."""
     cache, cold = tmp_path / "cache", tmp_path / "cold"
-    cfg = mirror_config({"docker.io": registry_tap.url}, cache, prefetch={"enabled": False},
-                        server={"workers": 2},
-                        cache={"max_size": "10MiB", "low_watermark": 0.3,
-                               "object_store": {"url": f"file://{cold}"}})
     blobs = [push_random_blob(registry_tap.target, "test/evict", MiB, tmp_path)
              for _ in range(12)]
     first, then = blobs[:8], blobs[8:]
-    with two_workers(cfg, tmp_path / "m") as proc:
-        # The cold tier breaks (its directory is a file): every copy stays pending, so the
-        # other worker still holds copy jobs for the files the primary is about to evict.
-        cold.rename(tmp_path / "cold-away")
-        cold.write_bytes(b"not a directory")
-        for b in first:
-            reply, digest = hashed_get(f"{proc.url}/v2/{b.repo}/blobs/{b.digest}")
-            assert reply.status == 200 and digest == b.digest
+    with two_workers(evicting_config(registry_tap.url, cache, cold), tmp_path / "m") as proc:
+        # Every copy stays pending, so the other worker still holds copy jobs for the files
+        # the primary is about to evict.
+        break_cold_tier(cold)
+        get_all(proc.url, first)
         # Both workers count all 8 (learned from the index): 8 MiB, under the 9.5 MiB mark.
         wait_for("both workers count the first blobs",
                  lambda: every_view_matches_the_disk(proc.url, cache), timeout=30)
         assert len(hot_files(cache)) == 8
-        for b in then:  # 12 MiB in all
-            reply, digest = hashed_get(f"{proc.url}/v2/{b.repo}/blobs/{b.digest}")
-            assert reply.status == 200 and digest == b.digest
+        get_all(proc.url, then)  # 12 MiB in all
         # The primary crosses 9.5 MiB once it learned 10 of them, and evicts down to 3 MiB:
         # at least 7 of the first 8 go.
         wait_for("the primary's eviction", lambda: len(evicted(cache, first)) >= 7, timeout=30)
-        cold.unlink()
-        (tmp_path / "cold-away").rename(cold)
+        mend_cold_tier(cold)
 
         wait_for("every worker's view of the hot tier matches the disk",
                  lambda: every_view_matches_the_disk(proc.url, cache), timeout=30)
@@ -206,30 +221,20 @@ def test_the_evictor_copies_what_either_worker_has_not_copied_before_evicting(
     worker keeping the budget evicts; its guard finishes each victim's copy first, also the
     ones the other worker queued: every evicted blob is then in the cold tier."""
     cache, cold = tmp_path / "cache", tmp_path / "cold"
-    cfg = mirror_config({"docker.io": registry_tap.url}, cache, prefetch={"enabled": False},
-                        server={"workers": 2},
-                        cache={"max_size": "10MiB", "low_watermark": 0.3,
-                               "object_store": {"url": f"file://{cold}"}})
     blobs = [push_random_blob(registry_tap.target, "test/guard", MiB, tmp_path)
              for _ in range(12)]
     first, then = blobs[:8], blobs[8:]
-    with two_workers(cfg, tmp_path / "m") as proc:
-        cold.rename(tmp_path / "cold-away")
-        cold.write_bytes(b"not a directory")
-        for b in first:
-            reply, digest = hashed_get(f"{proc.url}/v2/{b.repo}/blobs/{b.digest}")
-            assert reply.status == 200 and digest == b.digest
+    with two_workers(evicting_config(registry_tap.url, cache, cold), tmp_path / "m") as proc:
+        break_cold_tier(cold)
+        get_all(proc.url, first)
         wait_for("both workers count the first blobs",
                  lambda: every_view_matches_the_disk(proc.url, cache), timeout=30)
         # Three failed attempts per blob: the next retries are 4 s away, longer than the
         # eviction below takes, so only the evictor's own guard can copy in time.
         wait_for("failed copies", lambda: metric(
             proc.url, "mirror_cold_uploads_total", result="error") >= 3 * len(first), timeout=30)
-        cold.unlink()
-        (tmp_path / "cold-away").rename(cold)
-        for b in then:  # past the high watermark: the primary evicts
-            reply, digest = hashed_get(f"{proc.url}/v2/{b.repo}/blobs/{b.digest}")
-            assert reply.status == 200 and digest == b.digest
+        mend_cold_tier(cold)
+        get_all(proc.url, then)  # past the high watermark: the primary evicts
         wait_for("the primary's eviction", lambda: len(evicted(cache, first)) >= 7, timeout=30)
         gone = evicted(cache, blobs)
         in_cold = [b for b in gone

@@ -5,7 +5,6 @@ that refuses a temp path naming another file (item 18)."""
 from __future__ import annotations
 
 import errno
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,23 +18,15 @@ from mirror.store.disk import DiskTier
 from mirror.store.index import TagIndex, TagRecord
 from mirror.store.links import RepoLinks
 from mirror.store.xprocess import SharedPart
+from tests.support.tmpfs import tmpfs
 from tests.support.waiting import until
 
 
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
     """A real file system of 2 MiB (tmpfs), to run out of space for real."""
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)],
-                          capture_output=True, text=True)
-    if proc.returncode != 0:
-        pytest.fail(f"cannot mount a tmpfs (the test needs root): {proc.stderr.strip()}",
-                    pytrace=False)
-    try:
+    with tmpfs(tmp_path / "small", "2m") as mnt:
         yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=True)
 
 def fill(path: Path) -> None:
     """Write to `path` until the file system is full."""

@@ -12,9 +12,7 @@ log shows the mirror's OCI-Namespace echo. Verified: `ctr images ls` digest is t
 from __future__ import annotations
 
 import re
-import subprocess
 from collections.abc import Iterator
-from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
@@ -22,12 +20,12 @@ import pytest
 
 from tests.support import Catalog
 from tests.support.clientrun import (
-    E2EMirror,
     PassFigures,
     SecondRegistry,
     e2e_mirror,
     need_tools,
 )
+from tests.support.ctr import Ctr
 from tests.support.daemons import Containerd
 from tests.support.netjail import NetJail
 
@@ -37,23 +35,6 @@ IMAGES = ["library/busybox:latest", "library/multiarch:latest", "library/alpine-
           "org/team/app:1.0", "library/big:latest"]
 PARAMS = [pytest.param(r, marks=pytest.mark.slow) if r == "library/big:latest" else r
           for r in IMAGES]  # big: MIRROR_TEST_BIG_MB (64) MiB of incompressible layer
-
-
-@dataclass
-class Ctr:
-    mirror: E2EMirror
-    daemon: Containerd
-    hosts_dir: Path
-    jail: NetJail
-
-    def pull(self, namespace: str, image: str, log: Path) -> None:
-        cmd = self.jail.command(["ctr", "--debug", "--address", str(self.daemon.socket),
-                                 "-n", namespace, "images", "pull", "--hosts-dir",
-                                 str(self.hosts_dir), image])
-        with open(log, "w") as fh:
-            r = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, timeout=180)
-        assert r.returncode == 0, (f"{' '.join(cmd)}\n{log.read_text()[-3000:]}\n"
-                                   f"--- mirror log:\n{self.mirror.proc.log_text()[-2000:]}")
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,6 @@ containerd, generated hosts.toml, the pull in a network jail with only the mirro
 from __future__ import annotations
 
 import json
-import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,8 +13,9 @@ from pathlib import Path
 import pytest
 
 from tests.support import Catalog, ImagePusher, PushedImage, fetch
-from tests.support.clientrun import E2EMirror, e2e_mirror, need_tools
+from tests.support.clientrun import e2e_mirror, need_tools
 from tests.support.cosign import CosignKey, push_signature
+from tests.support.ctr import Ctr
 from tests.support.daemons import Containerd
 from tests.support.images import synthetic_layer
 from tests.support.netjail import NetJail
@@ -24,20 +24,9 @@ pytestmark = pytest.mark.e2e
 
 
 @dataclass
-class SignedCtr:
-    mirror: E2EMirror
-    daemon: Containerd
-    hosts_dir: Path
-    jail: NetJail
+class SignedCtr(Ctr):
     signed: PushedImage
     unsigned: PushedImage
-
-    def pull(self, namespace: str, image: str, log: Path) -> int:
-        cmd = self.jail.command(["ctr", "--debug", "--address", str(self.daemon.socket),
-                                 "-n", namespace, "images", "pull", "--hosts-dir",
-                                 str(self.hosts_dir), image])
-        with open(log, "w") as fh:
-            return subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, timeout=180).returncode
 
 
 @pytest.fixture(scope="module")
@@ -69,15 +58,14 @@ def sctr(catalog: Catalog, dead_port: int, netns_ok: None,
 
 def test_ctr_pulls_signed_and_is_refused_unsigned(sctr: SignedCtr, tmp_path: Path) -> None:
     image = f"docker.io/{sctr.signed.ref}"
-    assert sctr.pull("signed", image, tmp_path / "signed.log") == 0, \
-        (tmp_path / "signed.log").read_text()[-3000:]
+    sctr.pull("signed", image, tmp_path / "signed.log")
     check = sctr.daemon.ctr("images", "check", f"name=={image}", namespace="signed").stdout
     assert "complete" in check and sctr.signed.digest in sctr.daemon.ctr(
         "images", "ls", namespace="signed").stdout
 
     sctr.mirror.upstream_tap.clear()
     log = tmp_path / "unsigned.log"
-    assert sctr.pull("unsigned", f"docker.io/{sctr.unsigned.ref}", log) != 0
+    assert sctr.pull_status("unsigned", f"docker.io/{sctr.unsigned.ref}", log) != 0
     text = log.read_text()
     # ctr resolves with HEAD (no body): it reports the mirror's status, then falls back to the
     # dead `server` of hosts.toml, which refuses the connection.
