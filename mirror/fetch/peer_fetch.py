@@ -1,0 +1,113 @@
+"""Fetching a blob from its owner: the asking node streams the owner's response into its own
+temp file (hashed as it lands, verified by the commit like upstream bytes). An owner that is
+down, refuses or stalls for cluster.peer_timeout is marked down and the next in hash order is
+asked, resuming with Range from what already arrived; when this node comes next, it fetches
+itself (the caller goes on to the upstream, which resumes from the same bytes)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from concurrent.futures import Executor
+
+import aiohttp
+
+from mirror.fetch.coalesce import BlobFetch
+from mirror.fetch.download import WRITE_BATCH, WriteBehind
+from mirror.fetch.peers import PeerSet
+from mirror.observe.metrics import Metrics
+from mirror.oci.apipath import PEER_PREFIX
+from mirror.oci.errors import BlobUnknown, DiskFull, VerificationError
+from mirror.oci.models import Digest
+from mirror.store.disk import DiskTier
+
+log = logging.getLogger("mirror.fetch.peer_fetch")
+
+
+class PeerFailed(Exception):
+    """This peer cannot serve the blob now: ask the next one."""
+
+
+class PeerClient:
+    def __init__(self, peers: PeerSet, session: aiohttp.ClientSession, metrics: Metrics,
+                 tier: DiskTier) -> None:
+        self.peers = peers
+        self.session = session
+        self.metrics = metrics
+        self.tier = tier
+        t = peers.config.peer_timeout
+        self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=t, sock_read=t)
+
+    async def fill(self, upstream: str, repo: str, digest: Digest, fetch: BlobFetch,
+                   background: Callable[[], Executor] | None) -> bool:
+        """True when every byte came from peers (the commit still verifies them); False when
+        this node is the one to fetch (the owner, or every peer before it is down)."""
+        for peer in self.peers.owners(str(digest)):
+            if peer == self.peers.self_url:
+                return False
+            try:
+                await self._from(peer, upstream, repo, digest, fetch, background)
+            except (PeerFailed, aiohttp.ClientError, TimeoutError, OSError) as e:
+                self.metrics.peer_requests.labels("asked", "failed").inc()
+                why = str(e) if isinstance(e, PeerFailed) else type(e).__name__
+                self.peers.mark_down(peer, why)
+                continue
+            self.metrics.peer_requests.labels("asked", "ok").inc()
+            self.peers.mark_up(peer)
+            return True
+        return False
+
+    async def _from(self, peer: str, upstream: str, repo: str, digest: Digest,
+                    fetch: BlobFetch, background: Callable[[], Executor] | None) -> None:
+        temp = fetch.temp
+        headers = self.peers.headers()
+        if temp.written:
+            headers["Range"] = f"bytes={temp.written}-"
+        url = f"{peer}{PEER_PREFIX}blobs/{upstream}/{digest}"
+        async with self.session.get(url, params={"repo": repo}, headers=headers,
+                                    timeout=self._timeout, allow_redirects=False) as resp:
+            if resp.status == 404:
+                self.metrics.peer_requests.labels("asked", "missing").inc()
+                raise BlobUnknown(f"blob {digest} not found upstream (asked by peer {peer})",
+                                  detail={"digest": str(digest)})
+            if resp.status != (206 if temp.written else 200):
+                raise PeerFailed(f"answered {resp.status}")
+            if not fetch.started.is_set():
+                size = resp.content_length
+                if size is None:
+                    raise PeerFailed("sent no Content-Length")
+                if temp.expected_size is not None and size != temp.expected_size:
+                    raise VerificationError(f"peer {peer} size {size} for {digest} differs "
+                                            f"from the manifest's {temp.expected_size}")
+                if not self.tier.has_room(size):
+                    raise DiskFull(f"no room for {size} bytes of {digest} in {self.tier.root}")
+                fetch.set_size(size)
+            await self._body(resp, fetch, background)
+            if fetch.size is not None and temp.written < fetch.size:
+                raise PeerFailed(f"body ended after {temp.written} bytes")
+
+    async def _body(self, resp: aiohttp.ClientResponse, fetch: BlobFetch,
+                    background: Callable[[], Executor] | None) -> None:
+        writer = WriteBehind(fetch, background)
+        received = self.metrics.peer_bytes.labels("received")
+        batch: list[bytes] = []
+        batch_len = 0
+        resp.content.set_read_chunk_size(WRITE_BATCH)
+        try:
+            try:
+                async for chunk, _ in resp.content.iter_chunks():
+                    received.inc(len(chunk))
+                    batch.append(chunk)
+                    batch_len += len(chunk)
+                    if fetch.size is not None and writer.queued + batch_len > fetch.size:
+                        raise VerificationError(f"a peer sent more than {fetch.size} bytes "
+                                                f"for {fetch.key}")
+                    if batch_len >= WRITE_BATCH:
+                        await writer.submit(batch)
+                        batch, batch_len = [], 0
+            finally:
+                if batch:  # what arrived before a break is kept: the next source resumes
+                    await writer.submit(batch)
+                await writer.drain()
+        finally:
+            await writer.close()
