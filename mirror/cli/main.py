@@ -158,6 +158,11 @@ def _security_lines(config: Config) -> list[str]:
     rate = f", rate {lim.rate_limit.rate}/s burst {lim.rate_limit.burst}" if lim.rate_limit else ""
     lines.append(f"limits: header {lim.max_header_size} B, connections "
                  f"{lim.max_connections or 'unlimited'}, client timeout {lim.client_timeout:g}s{rate}")
+    if config.cluster is not None:
+        c = config.cluster
+        peers = f"DNS {c.dns}" if c.dns else f"{len(c.peers)} peers"
+        lines.append(f"cluster: self {c.self_url}, {peers}, secret from {c.secret_source} "
+                     f"(****), peer timeout {c.peer_timeout:g}s, down for {c.down_for:g}s")
     for r in config.signatures:
         lines.append(f"signatures: {r.name} ({r.mode}) upstreams {' '.join(r.upstreams)}, "
                      f"repositories {' '.join(r.repositories)}, keys "
