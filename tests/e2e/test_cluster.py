@@ -13,7 +13,9 @@ SeaweedFS bucket, the real registry behind a recording tap with a slow link.
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
+import signal
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -118,10 +120,10 @@ def test_concurrent_cold_gets_through_three_nodes_make_one_upstream_get(
     assert tap.count(kind="blob", method="GET") == 1, tap.describe()
     owner = owner_of(layer.digest, cluster)
     for node in cluster:
-        received = metric(node.url, "mirror_peer_bytes_total", direction="received")
+        received = metric(node.url, "mirror_peer_bytes_total", kind="received")
         if node is owner:
             assert received == 0
-            assert metric(node.url, "mirror_peer_bytes_total", direction="sent") >= 2 * layer.size
+            assert metric(node.url, "mirror_peer_bytes_total", kind="sent") >= 2 * layer.size
         else:
             assert received == layer.size
             assert metric(node.url, "mirror_bytes_served_total", source="peer") == layer.size
@@ -149,7 +151,7 @@ def test_owner_killed_mid_download_others_finish(
         t.start()
     # Both non-owners are streaming from the owner, a few MiB in: kill it.
     wait_for("both non-owners fed by the owner", lambda: all(
-        metric(n.url, "mirror_peer_bytes_total", direction="received") > 4 * MiB
+        metric(n.url, "mirror_peer_bytes_total", kind="received") > 4 * MiB
         for n in others), timeout=60)
     owner.kill()
     for t in threads:
@@ -160,6 +162,43 @@ def test_owner_killed_mid_download_others_finish(
     assert tap.count(kind="blob", method="GET") <= 2, tap.describe()
     # The first resumed where the owner broke off (a Range request), not from byte 0.
     assert tap.bytes_sent(kind="blob", method="GET") < 2 * layer.size
+
+
+def test_stalled_owner_is_skipped_and_shown_down(
+        layered: PushedImage, registry: Any, make_tap: Callable[[str], RecordingProxy],
+        seaweed: SeaweedS3, bucket: str, nodes: list[MirrorProcess], tmp_path: Path) -> None:
+    tap = make_tap(registry.url)
+    tap.set_fault(Fault(mode="slow", rate=8 * MiB, match="/blobs/", method="GET"))
+    cluster = make_cluster(nodes, 3, tap.url, seaweed, bucket, tmp_path)
+    layer = layered.layers[0]
+    owner = owner_of(layer.digest, cluster)
+    others = [n for n in cluster if n is not owner]
+    results: dict[str, Any] = {}
+    threads = [threading.Thread(target=get_verified, args=(n.url, layered.repo, layer.digest,
+                                                           results)) for n in others]
+    for t in threads:
+        t.start()
+    wait_for("both non-owners fed by the owner", lambda: all(
+        metric(n.url, "mirror_peer_bytes_total", kind="received") > 2 * MiB
+        for n in others), timeout=60)
+    assert owner.proc is not None
+    owner.proc.send_signal(signal.SIGSTOP)  # alive, connected, silent
+    try:
+        for t in threads:
+            t.join(180)
+        assert len(results) == 2
+        for base, (status, error, got, size) in results.items():
+            assert (status, error, got, size) == (200, None, layer.digest, layer.size), base
+        for node in others:
+            doc = json.loads(fetch(node.url + "/status.json").body)
+            states = {p["url"]: p["state"] for p in doc["cluster"]["peers"]}
+            assert states[owner.url] == "down" and states[node.url] == "self", states
+            page = fetch(node.url + "/").body.decode()
+            assert "Cluster peers" in page and owner.url in page
+    finally:
+        owner.proc.send_signal(signal.SIGCONT)
+    # The stalled owner had asked the upstream once; the one that took over resumed once.
+    assert tap.count(kind="blob", method="GET") <= 2, tap.describe()
 
 
 def test_node_restarted_on_empty_disk_pulls_with_no_upstream_request(
@@ -193,7 +232,7 @@ def test_peer_requests_need_the_secret(
         assert r.status == 403, (headers, r.status)
         assert SECRET not in r.body.decode(errors="replace")
     assert tap.count() == 0, tap.describe()  # a refused peer request fetches nothing
-    assert metric(cluster[0].url, "mirror_peer_requests_total", role="answered",
+    assert metric(cluster[0].url, "mirror_peer_requests_total", kind="answered",
                   result="refused") == 3
     r = fetch(url, headers={PEER_HEADER: SECRET})
     assert r.status == 200 and hashlib.sha256(r.body).hexdigest() == layer.digest[7:]
@@ -209,5 +248,5 @@ def test_peer_requests_need_the_secret(
         assert SECRET not in text and wrong not in text
     if other is cluster[1]:  # asked the owner (node 0) with the wrong secret: refused
         wait_for("the refusal counted", lambda: metric(
-            cluster[1].url, "mirror_peer_requests_total", role="asked", result="failed") >= 1)
+            cluster[1].url, "mirror_peer_requests_total", kind="asked", result="failed") >= 1)
 
