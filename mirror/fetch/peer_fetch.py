@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from concurrent.futures import Executor
+from dataclasses import dataclass
 
 import aiohttp
 
@@ -17,11 +18,23 @@ from mirror.fetch.download import WRITE_BATCH, WriteBehind
 from mirror.fetch.peers import PeerSet
 from mirror.observe.metrics import Metrics
 from mirror.oci.apipath import PEER_PREFIX
-from mirror.oci.errors import BlobUnknown, DiskFull, VerificationError
+from mirror.oci.errors import BlobUnknown, DiskFull, ManifestUnknown, VerificationError
 from mirror.oci.models import Digest
 from mirror.store.disk import DiskTier
 
 log = logging.getLogger("mirror.fetch.peer_fetch")
+CHECKED_AT_HEADER = "X-Mirror-Checked-At"  # when the owner's upstream last confirmed a tag
+MAX_DOCUMENT = 4 * 1024 * 1024  # a manifest, as the distribution spec bounds it
+
+
+@dataclass(frozen=True, slots=True)
+class PeerDocument:
+    """A manifest as its owner answered it: the caller verifies `body` against `digest`."""
+
+    body: bytes
+    content_type: str | None
+    digest: str | None
+    checked_at: float | None
 
 
 class PeerFailed(Exception):
@@ -56,6 +69,41 @@ class PeerClient:
             self.peers.mark_up(peer)
             return True
         return False
+
+    async def document(self, key: str, upstream: str, repo: str,
+                       ref: str) -> PeerDocument | None:
+        """A manifest (by digest or tag) from the owner of `key`; None when this node is the
+        one to ask the upstream. ManifestUnknown when the owner's upstream has none."""
+        for peer in self.peers.owners(key):
+            if peer == self.peers.self_url:
+                return None
+            url = f"{peer}{PEER_PREFIX}manifests/{upstream}/{ref}"
+            try:
+                async with self.session.get(url, params={"repo": repo},
+                                            headers=self.peers.headers(), timeout=self._timeout,
+                                            allow_redirects=False) as resp:
+                    if resp.status == 404:
+                        self.metrics.peer_requests.labels("asked", "missing").inc()
+                        raise ManifestUnknown(f"manifest {repo}:{ref} not found upstream "
+                                              f"(asked by peer {peer})")
+                    if resp.status != 200 or (resp.content_length or 0) > MAX_DOCUMENT:
+                        raise PeerFailed(f"answered {resp.status}")
+                    body = await resp.content.read(MAX_DOCUMENT + 1)
+                    if len(body) > MAX_DOCUMENT:
+                        raise PeerFailed("manifest too large")
+                    checked = resp.headers.get(CHECKED_AT_HEADER)
+                    doc = PeerDocument(body, resp.headers.get("Content-Type"),
+                                       resp.headers.get("Docker-Content-Digest"),
+                                       float(checked) if checked else None)
+            except (PeerFailed, aiohttp.ClientError, TimeoutError, OSError, ValueError) as e:
+                self.metrics.peer_requests.labels("asked", "failed").inc()
+                self.peers.mark_down(peer, str(e) if isinstance(e, PeerFailed)
+                                     else type(e).__name__)
+                continue
+            self.metrics.peer_requests.labels("asked", "ok").inc()
+            self.peers.mark_up(peer)
+            return doc
+        return None
 
     async def _from(self, peer: str, upstream: str, repo: str, digest: Digest,
                     fetch: BlobFetch, background: Callable[[], Executor] | None) -> None:

@@ -132,11 +132,12 @@ async def build_services(config: Config, metrics: Metrics, *, shared_dir: bool =
     # served for repositories it is linked to (mirror/store/links.py).
     links = RepoLinks(db) if config.auth is not None else None
     upstreams = Upstreams(clients, config.offline)
-    manifests = ManifestStore(tier, metrics, config.cache.manifest_memory, tiers, shared)
+    peers, peer_client = _cluster(config, metrics, tier, sessions)
+    manifests = ManifestStore(tier, metrics, config.cache.manifest_memory, tiers, shared,
+                              peer_client)
     resolver = TagResolver(config.cache, tags, manifests, metrics, upstreams.client,
                            SharedTags(tiers, tags) if tiers is not None else None,
-                           multiprocess=shared is not None)
-    peers, peer_client = _cluster(config, metrics, tier, sessions)
+                           multiprocess=shared is not None, peers=peer_client)
     blobs = BlobFetcher(tier, metrics, config.offline, config.finish_abandoned_fetches, shared,
                         prefetch_parallel=config.prefetch.parallel, tiers=tiers,
                         peers=peer_client)

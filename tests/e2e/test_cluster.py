@@ -17,6 +17,7 @@ import json
 import shutil
 import signal
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -70,11 +71,11 @@ def make_cluster(nodes: list[MirrorProcess], n: int, upstream: str, seaweed: Sea
     for i, port in enumerate(ports):
         secret_file = tmp_path / f"secret{i}"
         secret_file.write_text((secrets or [SECRET] * n)[i] + "\n")
-        cfg = mirror_config({"docker.io": upstream}, tmp_path / f"cache{i}",
-                            cache={"object_store": seaweed.mirror_config(bucket)},
+        cache = {"object_store": seaweed.mirror_config(bucket), **extra.get("cache", {})}
+        cfg = mirror_config({"docker.io": upstream}, tmp_path / f"cache{i}", cache=cache,
                             cluster={"self": urls[i], "peers": urls,
                                      "secret_file": str(secret_file), "peer_timeout": "2s"},
-                            **extra)
+                            **{k: v for k, v in extra.items() if k != "cache"})
         node = MirrorProcess(cfg, tmp_path / f"node{i}", env=seaweed.env())
         node.port = port
         nodes.append(node)
@@ -216,6 +217,29 @@ def test_node_restarted_on_empty_disk_pulls_with_no_upstream_request(
     victim.start(timeout=30)
     assert pull(victim.url, layered.repo, "1") == first
     assert tap.count() == 0, tap.describe()
+
+
+def test_the_tags_owner_revalidates_once_per_ttl_for_the_cluster(
+        layered: PushedImage, registry: Any, make_tap: Callable[[str], RecordingProxy],
+        seaweed: SeaweedS3, bucket: str, nodes: list[MirrorProcess], tmp_path: Path) -> None:
+    tap = make_tap(registry.url)
+    cluster = make_cluster(nodes, 3, tap.url, seaweed, bucket, tmp_path,
+                           cache={"tag_ttl": "3s"},
+                           prefetch={"enabled": False})
+    url = f"/v2/{layered.repo}/manifests/1"
+    accept = [("Accept", layered.media_type)]
+    for node in cluster:
+        r = fetch(node.url + url, headers=accept)
+        assert r.status == 200 and r.header("Docker-Content-Digest") == layered.digest
+    assert tap.count(kind="manifest", method="GET") == 1, tap.describe()  # the owner's
+    time.sleep(3.2)  # every node's record (the owner's check time) is past tag_ttl now
+    tap.clear()
+    for _ in range(2):
+        for node in cluster:
+            r = fetch(node.url + url, headers=accept)
+            assert r.status == 200 and r.header("Docker-Content-Digest") == layered.digest
+    assert tap.count(kind="manifest", method="HEAD") == 1, tap.describe()
+    assert tap.count() == 1, tap.describe()
 
 
 def test_peer_requests_need_the_secret(
