@@ -5,7 +5,7 @@
 The upstream (distribution) sits behind a recording tap with a slow link (`--rate-mb` MiB/s),
 so the upstream GETs and bytes each setup caused are counted on the wire. The three nodes share
 one SeaweedFS bucket and are peers (cluster.*); the clients are spread over them round-robin.
-Each setup gets its own cold blob. Prints wall time, upstream blob GETs and MiB."""
+Each setup gets its own cold blob; "shared bucket only" is three nodes without `cluster`. Prints wall time, upstream blob GETs and MiB."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from tests.support.tap import Fault, RecordingProxy
 SECRET = "bench-cluster-secret-0123456789abcdef"
 
 
-def nodes(n: int, tap: str, s3: SeaweedS3, work: Path) -> list[MirrorProcess]:
+def nodes(n: int, peers: bool, tap: str, s3: SeaweedS3, work: Path) -> list[MirrorProcess]:
     bucket = f"herd-{uuid.uuid4().hex[:8]}"
     s3.create_bucket(bucket)
     ports = [free_port() for _ in range(n)]
@@ -33,10 +33,10 @@ def nodes(n: int, tap: str, s3: SeaweedS3, work: Path) -> list[MirrorProcess]:
     made = []
     for i, port in enumerate(ports):
         extra = {"cluster": {"self": urls[i], "peers": urls,
-                             "secret_file": str(work / "secret")}} if n > 1 else {}
-        cfg = mirror_config({"docker.io": tap}, work / f"c{n}-{i}", prefetch={"enabled": False},
+                             "secret_file": str(work / "secret")}} if peers else {}
+        cfg = mirror_config({"docker.io": tap}, work / f"c{bucket}-{i}", prefetch={"enabled": False},
                             cache={"object_store": s3.mirror_config(bucket)}, **extra)
-        node = MirrorProcess(cfg, work / f"p{n}-{i}", env=s3.env())
+        node = MirrorProcess(cfg, work / f"p{bucket}-{i}", env=s3.env())
         node.port = port
         made.append(node.start(timeout=30))
     return made
@@ -64,17 +64,19 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-cluster-"))
     rows = []
     with RegistryProcess() as upstream, SeaweedS3(work / "s3") as s3:
-        for n in (1, 3):
-            b = push_random_blob(upstream.url, f"bench/c{n}", args.mb * MiB, work)
+        for n, peers in ((1, False), (3, False), (3, True)):
+            b = push_random_blob(upstream.url, f"bench/c{n}{peers}", args.mb * MiB, work)
             with RecordingProxy(upstream.url) as tap:
                 tap.set_fault(Fault(mode="slow", rate=args.rate_mb * MiB, match="/blobs/",
                                     method="GET"))
-                ms = nodes(n, tap.url, s3, work)
+                ms = nodes(n, peers, tap.url, s3, work)
                 try:
                     wall = herd(ms, f"/v2/{b.repo}/blobs/{b.digest}", args.clients, b.digest,
                                 b.size)
                     tap.wait_idle()
-                    rows.append([f"{n} node{'s' if n > 1 else ''}", args.clients, f"{wall:.2f}",
+                    setup = ("1 node" if n == 1 else
+                             f"{n} nodes, {'cluster (peers)' if peers else 'shared bucket only'}")
+                    rows.append([setup, args.clients, f"{wall:.2f}",
                                  tap.count(kind="blob", method="GET"),
                                  f"{tap.bytes_sent(kind='blob', method='GET') / MiB:.0f}"])
                 finally:
