@@ -5,7 +5,8 @@
 The upstream (distribution) sits behind a recording tap with a slow link (`--rate-mb` MiB/s),
 so the upstream GETs and bytes each setup caused are counted on the wire. The three nodes share
 one SeaweedFS bucket and are peers (cluster.*); the clients are spread over them round-robin.
-Each setup gets its own cold blob; "shared bucket only" is three nodes without `cluster`. Prints wall time, upstream blob GETs and MiB."""
+Each setup gets its own cold blob; "shared bucket only" is three nodes without `cluster`.
+Prints wall time, upstream blob GETs and MiB."""
 
 from __future__ import annotations
 
