@@ -66,7 +66,7 @@ def main() -> None:
     rows = []
     with RegistryProcess() as upstream, SeaweedS3(work / "s3") as s3:
         for n, peers in ((1, False), (3, False), (3, True)):
-            b = push_random_blob(upstream.url, f"bench/c{n}{peers}", args.mb * MiB, work)
+            b = push_random_blob(upstream.url, f"bench/c{n}{'p' if peers else 's'}", args.mb * MiB, work)
             with RecordingProxy(upstream.url) as tap:
                 tap.set_fault(Fault(mode="slow", rate=args.rate_mb * MiB, match="/blobs/",
                                     method="GET"))
