@@ -74,7 +74,7 @@ def make_cluster(nodes: list[MirrorProcess], n: int, upstream: str, seaweed: Sea
         cache = {"object_store": seaweed.mirror_config(bucket), **extra.get("cache", {})}
         cfg = mirror_config({"docker.io": upstream}, tmp_path / f"cache{i}", cache=cache,
                             cluster={"self": urls[i], "peers": urls,
-                                     "secret_file": str(secret_file), "peer_timeout": "2s"},
+                                     "secret_file": str(secret_file), "peer_timeout": "5s"},
                             **{k: v for k, v in extra.items() if k != "cache"})
         node = MirrorProcess(cfg, tmp_path / f"node{i}", env=seaweed.env())
         node.port = port
