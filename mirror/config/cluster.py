@@ -96,6 +96,11 @@ def _cluster(reader: _Reader, raw: Any) -> ClusterConfig | None:
                               parse_duration, 5.0)
     if interval < 1:
         reader.problem("cluster.resolve_interval", "must be at least 1s")
+    if self_url is not None and peers and self_url not in peers:
+        # Every node ranks owners over the same names: a node listed under another spelling
+        # would ask itself as a peer and wait out peer_timeout on its own fetch.
+        reader.problem("cluster.self", f"{self_url} is not one of cluster.peers; give every "
+                                       "node the same list, itself included, spelled alike")
     if self_url is None or secret is None:
         return None
     return ClusterConfig(self_url, secret, peers, dns, max(timeout, 0.1), down_for,

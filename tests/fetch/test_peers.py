@@ -99,6 +99,8 @@ def problems(raw: dict[str, Any], tmp_path: Path, env: dict[str, str] | None = N
      "cluster.secret_env: the secret is too short"),
     ({"self": "http://a:5000", "peers": ["http://a:5000"], "secret_env": "S",
       "peer_timeout": "0s"}, "cluster.peer_timeout: must be more than 0s"),
+    ({"self": "http://a:5000", "peers": ["http://b:5000", "http://c:5000"], "secret_env": "S"},
+     "cluster.self: http://a:5000 is not one of cluster.peers"),
     ({"self": "http://a:5000", "peers": ["http://a:5000"], "secret_env": "S", "port": 1},
      "cluster.port: unknown key"),
 ])
