@@ -159,7 +159,7 @@ async def _blob(request: web.Request, route: Route, ref_text: str,
         if sent is None:
             return resp
         rec.bytes = sent
-        metrics.served(route.upstream, handle.source, sent)  # hot, cold (promoted) or upstream
+        metrics.served(route.upstream, handle.source, sent)  # hot, cold, peer or upstream
         return resp
     finally:
         service.release_blob(handle)  # closes what the response did not take
