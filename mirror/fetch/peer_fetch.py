@@ -6,6 +6,7 @@ itself (the caller goes on to the upstream, which resumes from the same bytes)."
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
 from concurrent.futures import Executor
@@ -25,6 +26,7 @@ from mirror.store.disk import DiskTier
 log = logging.getLogger("mirror.fetch.peer_fetch")
 CHECKED_AT_HEADER = "X-Mirror-Checked-At"  # when the owner's upstream last confirmed a tag
 MAX_DOCUMENT = 4 * 1024 * 1024  # a manifest, as the distribution spec bounds it
+BUSY_ROUNDS = 20  # peer_timeouts an owner that is alive (its /healthz answers) may take to start
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +52,10 @@ class PeerClient:
         self.tier = tier
         t = peers.config.peer_timeout
         self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=t, sock_read=t)
+        # A blob's answer starts once the owner's own source answered (cold tier, or upstream
+        # headers after a free slot): the wait for it is bounded by liveness probes instead.
+        self._connect_only = aiohttp.ClientTimeout(total=None, sock_connect=t)
+        self._probe = aiohttp.ClientTimeout(total=t)
 
     async def fill(self, upstream: str, repo: str, digest: Digest, fetch: BlobFetch,
                    background: Callable[[], Executor] | None) -> bool:
@@ -112,8 +118,8 @@ class PeerClient:
         if temp.written:
             headers["Range"] = f"bytes={temp.written}-"
         url = f"{peer}{PEER_PREFIX}blobs/{upstream}/{digest}"
-        async with self.session.get(url, params={"repo": repo}, headers=headers,
-                                    timeout=self._timeout, allow_redirects=False) as resp:
+        resp = await self._open(peer, url, {"repo": repo}, headers)
+        async with resp:
             if resp.status == 404:
                 self.metrics.peer_requests.labels("asked", "missing").inc()
                 raise BlobUnknown(f"blob {digest} not found upstream (asked by peer {peer})",
@@ -134,6 +140,34 @@ class PeerClient:
             if fetch.size is not None and temp.written < fetch.size:
                 raise PeerFailed(f"body ended after {temp.written} bytes")
 
+    async def _open(self, peer: str, url: str, params: dict[str, str],
+                    headers: dict[str, str]) -> aiohttp.ClientResponse:
+        """The owner's response headers. While they do not come, the owner is asked every
+        peer_timeout whether it is alive (/healthz): a busy owner is waited for (it fetches
+        for us), a silent one is given up on after two peer_timeouts."""
+        t = self.peers.config.peer_timeout
+        req = asyncio.ensure_future(self.session.get(
+            url, params=params, headers=headers, timeout=self._connect_only,
+            allow_redirects=False))
+        try:
+            for _ in range(BUSY_ROUNDS):
+                done, _pending = await asyncio.wait({req}, timeout=t)
+                if done:
+                    return req.result()
+                if not await self._alive(peer):
+                    raise PeerFailed(f"no answer within {t:g}s and /healthz silent")
+            raise PeerFailed(f"busy: no answer within {BUSY_ROUNDS * t:g}s")
+        finally:
+            if not req.done():
+                req.cancel()
+
+    async def _alive(self, peer: str) -> bool:
+        try:
+            async with self.session.get(f"{peer}/healthz", timeout=self._probe) as r:
+                return r.status == 200
+        except (aiohttp.ClientError, TimeoutError, OSError):
+            return False
+
     async def _body(self, resp: aiohttp.ClientResponse, fetch: BlobFetch,
                     background: Callable[[], Executor] | None) -> None:
         writer = WriteBehind(fetch, background)
@@ -143,7 +177,11 @@ class PeerClient:
         resp.content.set_read_chunk_size(WRITE_BATCH)
         try:
             try:
-                async for chunk, _ in resp.content.iter_chunks():
+                while True:
+                    async with asyncio.timeout(self.peers.config.peer_timeout):  # a stall
+                        chunk, end = await resp.content.readchunk()
+                    if not chunk and not end:
+                        break
                     received.inc(len(chunk))
                     batch.append(chunk)
                     batch_len += len(chunk)

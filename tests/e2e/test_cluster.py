@@ -27,6 +27,7 @@ import pytest
 
 from mirror.fetch.rendezvous import ranked
 from tests.support import ImagePusher, PushedImage, RecordingProxy, big_layer
+from tests.support.blobs import push_random_blob
 from tests.support.client import fetch
 from tests.support.mirror_proc import MirrorProcess, free_port, mirror_config
 from tests.support.pulls import metric, pull, wait_metric
@@ -72,10 +73,14 @@ def make_cluster(nodes: list[MirrorProcess], n: int, upstream: str, seaweed: Sea
         secret_file = tmp_path / f"secret{i}"
         secret_file.write_text((secrets or [SECRET] * n)[i] + "\n")
         cache = {"object_store": seaweed.mirror_config(bucket), **extra.get("cache", {})}
+        cluster = {"self": urls[i], "peers": urls, "secret_file": str(secret_file),
+                   "peer_timeout": extra.get("peer_timeout", "5s")}
         cfg = mirror_config({"docker.io": upstream}, tmp_path / f"cache{i}", cache=cache,
-                            cluster={"self": urls[i], "peers": urls,
-                                     "secret_file": str(secret_file), "peer_timeout": "5s"},
-                            **{k: v for k, v in extra.items() if k != "cache"})
+                            cluster=cluster, **{k: v for k, v in extra.items()
+                                                if k not in ("cache", "peer_timeout",
+                                                             "max_fetches")})
+        if "max_fetches" in extra:
+            cfg["upstreams"]["docker.io"]["max_concurrent_fetches"] = extra["max_fetches"]
         node = MirrorProcess(cfg, tmp_path / f"node{i}", env=seaweed.env())
         node.port = port
         nodes.append(node)
@@ -200,6 +205,38 @@ def test_stalled_owner_is_skipped_and_shown_down(
         owner.proc.send_signal(signal.SIGCONT)
     # The stalled owner had asked the upstream once; the one that took over resumed once.
     assert tap.count(kind="blob", method="GET") <= 2, tap.describe()
+
+
+def test_a_busy_owner_is_waited_for_not_taken_for_dead(
+        layered: PushedImage, registry: Any, make_tap: Callable[[str], RecordingProxy],
+        seaweed: SeaweedS3, bucket: str, nodes: list[MirrorProcess], tmp_path: Path) -> None:
+    tap = make_tap(registry.url)
+    tap.set_fault(Fault(mode="slow", rate=4 * MiB, match="/blobs/", method="GET"))
+    # One upstream slot per node: the owner's second fetch waits for its first to end, far
+    # longer than peer_timeout, before it can answer the asking node's request.
+    cluster = make_cluster(nodes, 2, tap.url, seaweed, bucket, tmp_path,
+                           max_fetches=1, peer_timeout="2s")
+    layer = layered.layers[0]
+    owner = owner_of(layer.digest, cluster)
+    other = next(n for n in cluster if n is not owner)
+    small = next(b for b in (push_random_blob(registry.url, "cluster/small", MiB, tmp_path)
+                             for _ in range(30)) if owner_of(b.digest, cluster) is owner)
+    first: dict[str, Any] = {}
+    busy = threading.Thread(target=get_verified, args=(owner.url, layered.repo, layer.digest,
+                                                       first))
+    busy.start()
+    wait_for("the owner downloading", lambda: tap.count(kind="blob", method="GET") == 1)
+    t0 = time.monotonic()
+    out: dict[str, Any] = {}
+    get_verified(other.url, "cluster/small", small.digest, out)
+    waited = time.monotonic() - t0
+    busy.join(120)
+    assert out[other.url][:3] == (200, None, small.digest)
+    assert first[owner.url][:3] == (200, None, layer.digest)
+    assert waited > 4, waited  # it did wait for the owner's slot, past two peer_timeouts
+    assert tap.count(kind="blob", method="GET", path_contains=small.digest) == 1, tap.describe()
+    assert metric(other.url, "mirror_peer_requests_total", kind="asked", result="failed") == 0
+    assert metric(other.url, "mirror_peer_bytes_total", kind="received") == small.size
 
 
 def test_node_restarted_on_empty_disk_pulls_with_no_upstream_request(
