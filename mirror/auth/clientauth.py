@@ -35,7 +35,7 @@ from mirror.auth.access import AccessPolicy
 from mirror.auth.htpasswd import HtpasswdFile
 from mirror.config import AuthConfig, Secret
 from mirror.observe.record import record_of
-from mirror.oci.apipath import API_VERSION_HEADER, parse_api_path
+from mirror.oci.apipath import API_VERSION_HEADER, PEER_PREFIX, parse_api_path
 from mirror.oci.errors import Denied, MirrorError, TooManyRequests, Unauthorized
 from mirror.oci.routing import Route
 
@@ -246,8 +246,8 @@ CLIENT_AUTH = web.AppKey("client_auth", ClientAuth)
 async def client_auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     auth = request.app[CLIENT_AUTH]
     path = request.path
-    if path in OPEN_PATHS:
-        return await handler(request)
+    if path in OPEN_PATHS or path.startswith(PEER_PREFIX):
+        return await handler(request)  # a peer request carries the cluster secret instead
     if path == TOKEN_PATH and auth.tokens is not None:
         return await auth.token_endpoint(request)
     ident = await auth.identify(request)

@@ -166,6 +166,11 @@ def _security_lines(config: Config) -> list[str]:
                  f"{lim.max_connections or 'unlimited'} ({lim.max_connections_per_client or 'any'} "
                  f"per address), client timeout {lim.client_timeout:g}s, send timeout "
                  f"{lim.send_timeout:g}s{rate}")
+    if config.cluster is not None:
+        c = config.cluster
+        peers = f"DNS {c.dns}" if c.dns else f"{len(c.peers)} peers"
+        lines.append(f"cluster: self {c.self_url}, {peers}, secret from {c.secret_source} "
+                     f"(****), peer timeout {c.peer_timeout:g}s, down for {c.down_for:g}s")
     for r in config.signatures:
         lines.append(f"signatures: {r.name} ({r.mode}) upstreams {' '.join(r.upstreams)}, "
                      f"repositories {' '.join(r.repositories)}, keys "

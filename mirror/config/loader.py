@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from mirror.config.cluster import _cluster
 from mirror.config.model import (
     DEFAULT_REDIRECT_BLOCKLIST,
     MAX_WORKERS,
@@ -197,7 +198,8 @@ def _server(reader: _Reader, raw: Any) -> ServerConfig:
 
 
 TOP_KEYS = {"listen", "default_upstream", "upstreams", "cache", "prefetch", "log", "offline",
-            "finish_abandoned_fetches", "tls", "auth", "server", "warm", "limits", "signatures"}
+            "finish_abandoned_fetches", "tls", "auth", "server", "warm", "limits", "signatures",
+            "cluster"}
 
 
 def _warm(reader: _Reader, raw: Any, names: Mapping[str, str], default: str | None) -> WarmConfig:
@@ -306,6 +308,7 @@ def parse_config(raw: Any, env: Mapping[str, str] | None = None, base: Path | No
         warm=_warm(reader, top.get("warm"), seen, default),
         server=_server(reader, top.get("server")),
         signatures=_signatures(reader, top.get("signatures"), upstreams),
+        cluster=_cluster(reader, top.get("cluster")),
         source=source,
     )
     if reader.problems:

@@ -210,6 +210,23 @@ class SignatureRule:
 
 
 @dataclass(frozen=True)
+class ClusterConfig:
+    """Several mirrors acting as one cache (mirror/fetch/peers.py). `peers` are base URLs, or
+    `dns` is one URL whose host name resolves (A/AAAA, re-read every `resolve_interval`) to the
+    peers' addresses, as a Kubernetes headless Service gives. `secret` goes with every peer
+    request; a node answers peer requests only with it."""
+
+    self_url: str
+    secret: Secret
+    peers: tuple[str, ...] = ()
+    dns: str | None = None
+    peer_timeout: float = 3.0  # connect, and longest silence from a peer, before it is skipped
+    down_for: float = 30.0  # a peer that failed is not asked again for this long
+    resolve_interval: float = 5.0
+    secret_source: str = ""  # where the secret came from, for check-config (never the value)
+
+
+@dataclass(frozen=True)
 class Config:
     listen_host: str = "0.0.0.0"
     listen_port: int = 5000
@@ -226,6 +243,7 @@ class Config:
     warm: WarmConfig = field(default_factory=WarmConfig)
     server: ServerConfig = field(default_factory=ServerConfig)
     signatures: tuple[SignatureRule, ...] = ()
+    cluster: ClusterConfig | None = None
     source: str = "<default>"
 
     @property

@@ -10,17 +10,20 @@ import asyncio
 import logging
 import time
 import weakref
-from collections.abc import AsyncIterator
 from concurrent.futures import Executor, ThreadPoolExecutor
-from dataclasses import dataclass
-from pathlib import Path
-from typing import IO, Literal
+from typing import Literal
 
 import aiohttp
 
 from mirror.fetch.coalesce import BlobFetch
 from mirror.fetch.download import WriteBehind, download_into, lower_priority
+from mirror.fetch.handles import BlobHandle as BlobHandle
+from mirror.fetch.handles import CommittedFile as CommittedFile
+from mirror.fetch.handles import Download as Download
+from mirror.fetch.handles import Source as Source
+from mirror.fetch.handles import Uncached as Uncached
 from mirror.fetch.passthrough import open_passthrough
+from mirror.fetch.peer_fetch import PeerClient
 from mirror.fetch.shared import SharedDownloads
 from mirror.observe.metrics import Metrics
 from mirror.oci.errors import (
@@ -38,50 +41,11 @@ from mirror.upstream.client import UpstreamClient
 log = logging.getLogger("mirror.fetch.blobs")
 DISK_FULL_BACKOFF = 30.0  # seconds of uncached serving after the hot tier reported ENOSPC
 
-Source = Literal["hot", "cold", "upstream"]
-
-
-@dataclass(slots=True)
-class CommittedFile:
-    """A verified file in the hot tier, pinned until released. It is opened at once, while we
-    know it exists (another worker may evict the path, an operator delete it); the response
-    takes `file`."""
-
-    path: Path
-    file: IO[bytes] | None = None
-
-
-@dataclass(slots=True)
-class Download:
-    """A download in progress: `fd` is this client's own descriptor on its growing temp file
-    (the response takes it; None once taken or closed)."""
-
-    fetch: BlobFetch
-    fd: int | None
-
-
-@dataclass(slots=True)
-class Uncached:
-    """A verified stream straight from the upstream, for when the hot tier cannot take it."""
-
-    stream: AsyncIterator[bytes]
-
-
-@dataclass(slots=True)
-class BlobHandle:
-    """What a handler needs to answer a blob request; `body` says how the bytes are served."""
-
-    digest: Digest
-    size: int | None
-    source: Source
-    result: Literal["hit", "miss", "coalesced"]
-    body: CommittedFile | Download | Uncached
-
-
 class BlobFetcher:
     def __init__(self, tier: DiskTier, metrics: Metrics, offline: bool,
                  finish_abandoned: bool = True, shared: SharedDownloads | None = None,
-                 prefetch_parallel: int = 4, tiers: TieredStore | None = None) -> None:
+                 prefetch_parallel: int = 4, tiers: TieredStore | None = None,
+                 peers: PeerClient | None = None) -> None:
         self.tier = tier
         # server.workers > 1: downloads are single-flight across the processes sharing `tier`.
         self.shared = shared
@@ -92,8 +56,10 @@ class BlobFetcher:
         self._slots: dict[str, asyncio.Semaphore] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self.tiers = tiers  # cold tier (cache.object_store): consulted before upstream
+        self.peers = peers  # cluster: the digest's owner is asked before the upstream
         self._sources: weakref.WeakKeyDictionary[BlobFetch, Source] = weakref.WeakKeyDictionary()
         self._from_cold_tier: weakref.WeakSet[BlobFetch] = weakref.WeakSet()
+        self._local_only: weakref.WeakSet[BlobFetch] = weakref.WeakSet()  # for a peer: no peers
         # After ENOSPC the hot tier is given time to evict; meanwhile misses stream through.
         self.disk_full_until = 0.0
         self._evictions: set[asyncio.Future[tuple[int, int]]] = set()
@@ -156,8 +122,9 @@ class BlobFetcher:
         return self.local(digest)
 
     async def open(self, client: UpstreamClient | None, repo: str, digest: Digest,
-                   expected_size: int | None = None) -> BlobHandle:
-        """A handle for serving `digest`; the caller must `release()` it."""
+                   expected_size: int | None = None, for_peer: bool = False) -> BlobHandle:
+        """A handle for serving `digest`; the caller must `release()` it. `for_peer`: a
+        peer asks this node as the owner; a fetch started for it asks no other peer."""
         hit = self.local(digest)
         if hit is not None:
             self.tier.pin(digest)
@@ -178,7 +145,8 @@ class BlobFetcher:
                 size, body = await open_passthrough(client, repo, digest)
                 self.tier.pin(digest)
                 return BlobHandle(digest, size, "upstream", "miss", Uncached(body))
-            fetch = self._start(None if self.offline else client, repo, digest, expected_size)
+            fetch = self._start(None if self.offline else client, repo, digest, expected_size,
+                                for_peer)
             result = "miss"
         else:
             self.metrics.coalesced.labels(client.name if client else "", "blob").inc()
@@ -283,13 +251,15 @@ class BlobFetcher:
             await asyncio.wait([fetch.task])
 
     def _start(self, client: UpstreamClient | None, repo: str, digest: Digest,
-               expected_size: int | None) -> BlobFetch:
+               expected_size: int | None, local_only: bool = False) -> BlobFetch:
         key = str(digest)
         # Registered before any await: a concurrent request finds this fetch and joins it.
         temp = (self.tier.new_temp(digest, expected_size) if self.shared is None
                 else self.shared.new_temp(digest, expected_size))
         fetch = BlobFetch(key, temp)
         self._fetches[key] = fetch
+        if local_only:
+            self._local_only.add(fetch)
         fetch.task = asyncio.create_task(self._run(client, repo, digest, fetch),
                                          name=f"fetch {key[:19]}")
         self._tasks.add(fetch.task)
@@ -306,7 +276,8 @@ class BlobFetcher:
             else:
                 await self.shared.run(fetch, lambda: self._fill(client, repo, digest, fetch))
         except VerificationError as e:
-            up = "cold" if fetch in self._from_cold_tier else up
+            up = ("cold" if fetch in self._from_cold_tier else
+                  "peer" if self._sources.get(fetch) == "peer" else up)
             if up == "cold" and self.tiers is not None:
                 self.tiers.discard_cold(digest)
             else:
@@ -345,6 +316,10 @@ class BlobFetcher:
             return
         if client is None:
             raise BlobUnknown(f"blob {digest} is in no cache tier and the mirror is offline")
+        if await self._from_peers(client, repo, digest, fetch):
+            await self.tier.commit(fetch.temp)  # verified here like upstream bytes
+            fetch.finish()
+            return
         gauge = self.metrics.inflight.labels(client.name, "blob")
         sem = self._slot(client)
         if sem.locked():
@@ -386,6 +361,22 @@ class BlobFetcher:
             log.warning("cold tier read of %s broke off after %d bytes (%s); resuming from "
                         "upstream", digest, fetch.temp.written, type(e).__name__)
             return False
+
+    async def _from_peers(self, client: UpstreamClient, repo: str, digest: Digest,
+                          fetch: BlobFetch) -> bool:
+        """cluster: the owner's bytes (it fetches once for the cluster). False: fetch here."""
+        if self.peers is None or fetch in self._local_only:
+            return False
+        source = self._sources.get(fetch)
+        self._sources[fetch] = "peer"
+        if await self.peers.fill(client.name, repo, digest, fetch,
+                                 self._background if self.shared is None else None):
+            return True
+        if source is None:
+            self._sources.pop(fetch, None)
+        else:
+            self._sources[fetch] = source
+        return False
 
     async def _download(self, client: UpstreamClient, repo: str, digest: Digest,
                         fetch: BlobFetch) -> None:

@@ -18,6 +18,7 @@ from mirror.config import Config, Secret
 from mirror.http.keys import CONFIG, METRICS, PULL_STATS, ROUTER, SERVICE, STATUS
 from mirror.http.limits import RateLimiter, rate_limit_middleware, server_handler_args
 from mirror.http.middlewares import errors_middleware
+from mirror.http.peer_routes import PEERS, add_peer_routes
 from mirror.http.routes import add_routes
 from mirror.http.server import RELOAD, SERVER_TLS
 from mirror.http.status import add_status_routes
@@ -64,6 +65,7 @@ def create_app(config: Config, metrics: Metrics | None = None,
         app.cleanup_ctx.append(supervisor_watch(worker))
     app.cleanup_ctx.append(_service_ctx(audit))
     add_routes(app)
+    add_peer_routes(app)
     add_status_routes(app)
     return app
 
@@ -109,6 +111,8 @@ async def _services(app: web.Application, audit: AuditLog | None) -> AsyncIterat
         raise
     tier, clients, service = parts.tier, parts.clients, parts.service
     app[SERVICE] = service
+    if parts.peers is not None:
+        app[PEERS] = parts.peers
     if service.signatures is not None:
         app[RELOAD].append(service.signatures.reload)  # SIGHUP: rules and keys read again
     started = time.time()
@@ -121,6 +125,7 @@ async def _services(app: web.Application, audit: AuditLog | None) -> AsyncIterat
                     "objects": tier.objects},
             "inflight": service.blobs.inflight(),
             "upstreams": [c.status() for c in clients.values()],
+            **({"cluster": parts.peers.status()} if parts.peers is not None else {}),
             **({"signatures": service.signatures.status()}
                if service.signatures is not None and service.signatures.rules else {}),
         }
@@ -132,6 +137,8 @@ async def _services(app: web.Application, audit: AuditLog | None) -> AsyncIterat
     warmer = start_warming(service, config) if primary else None  # None when there are none
     if warmer is not None:
         background.append(warmer)
+    if parts.peers is not None and parts.peers.config.dns is not None:
+        background.append(asyncio.create_task(parts.peers.run(), name="peers"))
     if parts.tiers is not None and primary:
         parts.tiers.start_periodic()  # cold tier usage and max_age expiry
     log.info("cache at %s: %d objects, %d bytes of %d", config.cache.dir, tier.objects,

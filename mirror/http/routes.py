@@ -10,7 +10,7 @@ from urllib.parse import urlencode
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from mirror.fetch.blobs import CommittedFile, Download, Uncached
+from mirror.fetch.blobs import BlobHandle, CommittedFile, Download, Uncached
 from mirror.http.keys import METRICS, ROUTER, SERVICE
 from mirror.http.responses import (
     SendfileResponse,
@@ -155,62 +155,74 @@ async def _blob(request: web.Request, route: Route, ref_text: str,
         result = "hit" if handle.source == "cold" and handle.result == "miss" else handle.result
         rec.result = result
         metrics.requests.labels(route.upstream, "blob", result).inc()
-        body = handle.body
-        if not handle.size and isinstance(body, Download):
-            # Upstream sent no length: only a finished download tells us the size. A length
-            # of 0 waits too: an empty body has no last byte to hold back until the digest
-            # verified, so it could complete wrong (an upstream that says 0 for real content).
-            while not body.fetch.done:
-                if body.fetch.error is not None:
-                    raise body.fetch.error
-                await body.fetch.changed()
-            handle.size = body.fetch.available
-        if isinstance(body, Uncached) and (handle.size is None or request.method == "HEAD"):
-            return await _stream_uncached(request, body.stream, handle.size, digest, headers, rec)
-        size = handle.size
-        assert size is not None
-        status, start, end = _blob_headers(request, digest, size, headers)
-        count = end - start + 1 if size else 0
-        if request.method == "HEAD":
-            return web.Response(status=status, headers=headers)
-        match body:
-            case CommittedFile():
-                # Opened already with server.workers > 1 (another worker may evict the path).
-                fobj, body.file = body.file or open_for_sendfile(body.path), None
-                resp: web.StreamResponse = SendfileResponse(fobj, start, count, status=status,
-                                                            headers=headers)
-                await resp.prepare(request)
-                sent = count
-            case Download():
-                resp = web.StreamResponse(status=status, headers=headers)
-                resp.content_length = count
-                assert body.fd is not None
-                fd, body.fd = body.fd, None  # stream_fetch closes it
-                t0 = time.monotonic()
-                try:
-                    sent = await stream_fetch(request, resp, body.fetch, fd, start, end)
-                except MirrorError as e:
-                    log.warning("cut blob %s for a client after %.1fs: %s", digest,
-                                time.monotonic() - t0, e.message)
-                    rec.result = "error"
-                    return resp
-                except ConnectionError:  # the client went away; the download goes on for others
-                    rec.result = "error"
-                    return resp
-            case Uncached():
-                resp = web.StreamResponse(status=status, headers=headers)
-                resp.content_length = count
-                try:
-                    sent = await stream_body(request, resp, body.stream, start, end)
-                except (MirrorError, ConnectionError) as e:
-                    log.warning("cut uncached blob %s for a client: %s", digest, e)
-                    rec.result = "error"
-                    return resp
+        resp, sent = await send_blob(request, handle, headers, rec)
+        if sent is None:
+            return resp
         rec.bytes = sent
-        metrics.served(route.upstream, handle.source, sent)  # hot, cold (promoted) or upstream
+        metrics.served(route.upstream, handle.source, sent)  # hot, cold, peer or upstream
         return resp
     finally:
         service.release_blob(handle)  # closes what the response did not take
+
+
+async def send_blob(request: web.Request, handle: BlobHandle, headers: dict[str, str],
+                    rec: PullRecord) -> tuple[web.StreamResponse, int | None]:
+    """Answer with a blob handle's bytes (Range honoured); the bytes sent, or None when the
+    response was cut or carries none. A client's request and a peer's both end here."""
+    digest = handle.digest
+    body = handle.body
+    if not handle.size and isinstance(body, Download):
+        # Upstream sent no length: only a finished download tells us the size. A length
+        # of 0 waits too: an empty body has no last byte to hold back until the digest
+        # verified, so it could complete wrong (an upstream that says 0 for real content).
+        while not body.fetch.done:
+            if body.fetch.error is not None:
+                raise body.fetch.error
+            await body.fetch.changed()
+        handle.size = body.fetch.available
+    if isinstance(body, Uncached) and (handle.size is None or request.method == "HEAD"):
+        return await _stream_uncached(request, body.stream, handle.size, digest, headers,
+                                      rec), None
+    size = handle.size
+    assert size is not None
+    status, start, end = _blob_headers(request, digest, size, headers)
+    count = end - start + 1 if size else 0
+    if request.method == "HEAD":
+        return web.Response(status=status, headers=headers), None
+    match body:
+        case CommittedFile():
+            # Opened already with server.workers > 1 (another worker may evict the path).
+            fobj, body.file = body.file or open_for_sendfile(body.path), None
+            resp: web.StreamResponse = SendfileResponse(fobj, start, count, status=status,
+                                                        headers=headers)
+            await resp.prepare(request)
+            sent = count
+        case Download():
+            resp = web.StreamResponse(status=status, headers=headers)
+            resp.content_length = count
+            assert body.fd is not None
+            fd, body.fd = body.fd, None  # stream_fetch closes it
+            t0 = time.monotonic()
+            try:
+                sent = await stream_fetch(request, resp, body.fetch, fd, start, end)
+            except MirrorError as e:
+                log.warning("cut blob %s for a client after %.1fs: %s", digest,
+                            time.monotonic() - t0, e.message)
+                rec.result = "error"
+                return resp, None
+            except ConnectionError:  # the client went away; the download goes on for others
+                rec.result = "error"
+                return resp, None
+        case Uncached():
+            resp = web.StreamResponse(status=status, headers=headers)
+            resp.content_length = count
+            try:
+                sent = await stream_body(request, resp, body.stream, start, end)
+            except (MirrorError, ConnectionError) as e:
+                log.warning("cut uncached blob %s for a client: %s", digest, e)
+                rec.result = "error"
+                return resp, None
+    return resp, sent
 
 
 def _blob_headers(request: web.Request, digest: Digest, size: int,

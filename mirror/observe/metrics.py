@@ -161,6 +161,12 @@ class Metrics:
             "mirror_upstream_request_seconds", "Time to upstream response headers",
             ["upstream", "kind"], registry=r,
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
+        self.peer_requests = Counter(
+            "mirror_peer_requests", "Blob requests between cluster peers: asked of an owner, "
+            "or answered for a peer", ["kind", "result"], registry=r)
+        self.peer_bytes = Counter(
+            "mirror_peer_bytes", "Blob bytes received from or sent to cluster peers",
+            ["kind"], registry=r)
         self.inflight = Gauge(
             "mirror_inflight_fetches", "Upstream fetches in progress", ["upstream", "type"],
             registry=r, multiprocess_mode="livesum")

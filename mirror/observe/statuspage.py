@@ -154,6 +154,26 @@ def _upstreams(d: dict[str, Any], now: float) -> str:
 </section>"""
 
 
+def _cluster(d: dict[str, Any]) -> str:
+    """cluster: every peer and its state (self, up, down with the reason), bytes exchanged."""
+    c = d.get("cluster")
+    if not isinstance(c, dict):
+        return ""
+    rows = "".join(
+        f'<tr data-peer="{escape(p["url"])}"><th scope="row" class="mono">{escape(p["url"])}</th>'
+        f'<td class="state s-{escape(p["state"])}">{escape(p["state"])}</td>'
+        f'<td class="n">{fmt_int(p["served"])}</td>'
+        f'<td class="err">{escape(p.get("why", "")) or DASH}</td></tr>' for p in c["peers"])
+    got, sent = c["bytes"].get("received", 0), c["bytes"].get("sent", 0)
+    return f"""
+<section class="panel">
+  <h2>Cluster peers <span class="legend">{fmt_bytes(got)} received ·
+    {fmt_bytes(sent)} sent</span></h2>
+  <table><thead><tr><th>peer</th><th>state</th><th class="n">fetches served us</th>
+  <th>why down</th></tr></thead><tbody>{rows}</tbody></table>
+</section>"""
+
+
 def _top_images(d: dict[str, Any]) -> str:
     rows = "".join(
         f'<tr><td class="n rank">{i}</td><td class="mono">{escape(t["image"])}</td>'
@@ -248,6 +268,7 @@ def render(d: dict[str, Any]) -> str:
 {_tiers(d)}
 </div>
 {_upstreams(d, now)}
+{_cluster(d)}
 <div class="grid">
 {_top_images(d)}
 {_errors(d)}

@@ -89,6 +89,9 @@ def build(config: Config, m: Metrics, stats: PullStats, runtime: dict[str, Any],
     total = m.totals()
     hour, covered = stats.samples.since(HOUR, now)
     doc: dict[str, Any] = dict(runtime)  # keep what the composition root reports
+    if isinstance(doc.get("cluster"), list):
+        doc["cluster"] = {"peers": doc["cluster"],
+                          "bytes": {k: int(v) for k, v in sum_by(m.peer_bytes, "kind").items()}}
     if isinstance(doc.get("signatures"), dict):
         doc["signatures"] = {**doc["signatures"], "checks": _signature_checks(m)}
     doc.update({

@@ -14,6 +14,7 @@ from mirror.oci.errors import NameInvalid, Unsupported
 API_VERSION_HEADER = {"Docker-Distribution-API-Version": "registry/2.0"}
 
 MAX_PATH = 1024
+PEER_PREFIX = "/_mirror/peer/"  # requests between the nodes of a cluster (cluster.secret)
 # Greedy name: a repository may itself contain "blobs" or "manifests" as a component.
 _OBJECT_RE = re.compile(r"^(?P<name>.+)/(?P<kind>manifests|blobs|referrers)/(?P<ref>[^/]+)$")
 _TAGS_RE = re.compile(r"^(?P<name>.+)/tags/list$")

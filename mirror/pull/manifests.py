@@ -11,6 +11,7 @@ from typing import Literal
 from cachetools import LRUCache
 
 from mirror.fetch.coalesce import SingleFlight
+from mirror.fetch.peer_fetch import PeerClient
 from mirror.fetch.shared import SharedDownloads
 from mirror.observe.metrics import Metrics
 from mirror.oci.errors import (
@@ -46,12 +47,14 @@ class ManifestAnswer:
 class ManifestStore:
     def __init__(self, tier: DiskTier, metrics: Metrics, memory: int,
                  tiers: TieredStore | None = None,
-                 workers: SharedDownloads | None = None) -> None:
+                 workers: SharedDownloads | None = None,
+                 peers: PeerClient | None = None) -> None:
         self.tier = tier
         self.metrics = metrics
         self.tiers = tiers  # cold tier: manifests every node stored
         # server.workers > 1: another process may have stored what this one's memory lacks.
         self.workers = workers
+        self.peers = peers  # cluster: the digest's owner is asked before the upstream
         self._memory: LRUCache[str, Manifest] = LRUCache(
             maxsize=memory, getsizeof=lambda m: len(m.body) + 200)
         self._by_digest: SingleFlight[str, Manifest] = SingleFlight()
@@ -86,8 +89,9 @@ class ManifestStore:
         return m
 
     async def by_digest(self, client: UpstreamClient | None, repo: str,
-                        digest: Digest) -> ManifestAnswer:
-        """`client` None: offline, only what some tier holds."""
+                        digest: Digest, local: bool = False) -> ManifestAnswer:
+        """`client` None: offline, only what some tier holds. `local`: a peer asks this node
+        as the owner; no other peer is asked."""
         m = self.cached(digest)
         if m is not None:
             return ManifestAnswer(m, "hit")
@@ -98,10 +102,23 @@ class ManifestStore:
         if client is None:
             raise ManifestUnknown(f"manifest {digest} is not cached and the mirror is offline")
         m, joined = await self._by_digest.run(
-            str(digest), lambda: self.fetch(client, repo, str(digest), digest))
+            str(digest), lambda: self._owner_or_fetch(client, repo, digest, local))
         if joined:
             self.metrics.coalesced.labels(client.name, "manifest").inc()
         return ManifestAnswer(m, "coalesced" if joined else "miss")
+
+    async def _owner_or_fetch(self, client: UpstreamClient, repo: str, digest: Digest,
+                              local: bool) -> Manifest:
+        if self.peers is not None and not local:
+            doc = await self.peers.document(str(digest), client.name, repo, str(digest))
+            if doc is not None:
+                got = Digest.of(doc.body, digest.algorithm)
+                if got == digest:  # verified like an upstream's body
+                    return await self.keep(digest, manifest_media_type(doc.body, doc.content_type),
+                                           doc.body)
+                self.metrics.verify_failures.labels("peer", "manifest").inc()
+                log.warning("a peer's manifest for %s hashed to %s; asking upstream", digest, got)
+        return await self.fetch(client, repo, str(digest), digest)
 
     async def fetch(self, client: UpstreamClient, repo: str, ref: str,
                     want: Digest | None) -> Manifest:
@@ -136,6 +153,10 @@ class ManifestStore:
                 self.metrics.verify_failures.labels(client.name, "manifest").inc()
                 raise VerificationError(f"upstream said {claimed} for {repo}:{ref}, body hashes to "
                                         f"{digest}")
+        return await self.keep(digest, media_type, body)
+
+    async def keep(self, digest: Digest, media_type: str, body: bytes) -> Manifest:
+        """Store a verified manifest (hot tier and memory)."""
         m = Manifest(digest, media_type, body)
         if self.tier.entry(digest) is None:
             try:

@@ -12,6 +12,8 @@ import aiohttp
 from mirror import __version__
 from mirror.config import Config
 from mirror.fetch.blobs import BlobFetcher
+from mirror.fetch.peer_fetch import PeerClient
+from mirror.fetch.peers import PeerSet
 from mirror.fetch.shared import SharedDownloads
 from mirror.observe.audit import AuditLog
 from mirror.observe.metrics import Metrics
@@ -49,6 +51,7 @@ class Services:
     service: PullService
     sessions: list[aiohttp.ClientSession]
     tiers: TieredStore | None = None  # cold tier (cache.object_store), with write-behind
+    peers: PeerSet | None = None  # cluster: the other nodes, their state, the peer secret
 
     async def close(self) -> None:
         await self.service.close()
@@ -130,12 +133,15 @@ async def build_services(config: Config, metrics: Metrics, *, shared_dir: bool =
     # served for repositories it is linked to (mirror/store/links.py).
     links = RepoLinks(db) if config.auth is not None else None
     upstreams = Upstreams(clients, config.offline)
-    manifests = ManifestStore(tier, metrics, config.cache.manifest_memory, tiers, shared)
+    peers, peer_client = _cluster(config, metrics, tier, sessions)
+    manifests = ManifestStore(tier, metrics, config.cache.manifest_memory, tiers, shared,
+                              peer_client)
     resolver = TagResolver(config.cache, tags, manifests, metrics, upstreams.client,
                            SharedTags(tiers, tags) if tiers is not None else None,
-                           multiprocess=shared is not None)
+                           multiprocess=shared is not None, peers=peer_client)
     blobs = BlobFetcher(tier, metrics, config.offline, config.finish_abandoned_fetches, shared,
-                        prefetch_parallel=config.prefetch.parallel, tiers=tiers)
+                        prefetch_parallel=config.prefetch.parallel, tiers=tiers,
+                        peers=peer_client)
     # Built even without rules: a SIGHUP may bring the first ones (no rule: one empty loop).
     signatures = SignaturePolicy(config, VerdictStore(db), manifests, resolver, blobs,
                                  upstreams.client, metrics, audit)
@@ -144,4 +150,18 @@ async def build_services(config: Config, metrics: Metrics, *, shared_dir: bool =
                           metrics, links, signatures)
     if tiers is not None:
         await tiers.start()  # resumes pending uploads
-    return Services(db, tier, evictor, tags, clients, service, sessions, tiers)
+    return Services(db, tier, evictor, tags, clients, service, sessions, tiers, peers)
+
+
+def _cluster(config: Config, metrics: Metrics, tier: DiskTier,
+             sessions: list[aiohttp.ClientSession]) -> tuple[PeerSet | None, PeerClient | None]:
+    """cluster: the peer set and the client that asks owners (its own session: peers are on
+    the local network, with their own short timeouts)."""
+    if config.cluster is None or config.offline:
+        return None, None
+    peers = PeerSet(config.cluster)
+    session = aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=64, use_dns_cache=False),
+        headers={"User-Agent": USER_AGENT}, auto_decompress=False)
+    sessions.append(session)
+    return peers, PeerClient(peers, session, metrics, tier)

@@ -9,6 +9,7 @@ import time
 
 from mirror.config import CacheConfig
 from mirror.fetch.coalesce import SingleFlight
+from mirror.fetch.peer_fetch import PeerClient
 from mirror.observe.metrics import Metrics
 from mirror.oci.errors import (
     ManifestUnknown,
@@ -17,7 +18,7 @@ from mirror.oci.errors import (
     UpstreamError,
     UpstreamRejected,
 )
-from mirror.oci.models import Digest
+from mirror.oci.models import Digest, manifest_media_type
 from mirror.pull.manifests import ClientFor, Manifest, ManifestAnswer, ManifestStore, Result
 from mirror.store.index import Freshness, TagIndex, TagRecord, freshness
 from mirror.store.shared_tags import SharedTags
@@ -29,7 +30,7 @@ log = logging.getLogger("mirror.pull.tags")
 class TagResolver:
     def __init__(self, cache: CacheConfig, tags: TagIndex, manifests: ManifestStore,
                  metrics: Metrics, client_for: ClientFor, shared: SharedTags | None = None,
-                 multiprocess: bool = False) -> None:
+                 multiprocess: bool = False, peers: PeerClient | None = None) -> None:
         self.cache = cache
         self.tags = tags
         self.manifests = manifests
@@ -37,9 +38,18 @@ class TagResolver:
         self.client_for = client_for
         self.shared = shared  # tag records in the cold tier, shared by every node
         self.multiprocess = multiprocess  # another worker may have revalidated meanwhile
+        # cluster: the owner of (registry, repository, tag) revalidates for every node, so the
+        # cluster sends one HEAD per TTL; the others take its answer and its check time.
+        self.peers = peers
         self._by_tag: SingleFlight[tuple[str, str, str], tuple[Manifest, Result]] = SingleFlight()
 
-    async def resolve(self, upstream: str, repo: str, tag: str) -> ManifestAnswer:
+    def checked_at(self, upstream: str, repo: str, tag: str) -> float | None:
+        rec = self.tags.get(upstream, repo, tag)
+        return rec.checked_at if rec is not None else None
+
+    async def resolve(self, upstream: str, repo: str, tag: str,
+                      local: bool = False) -> ManifestAnswer:
+        """`local`: a peer asks this node as the tag's owner; no other peer is asked."""
         rec = self.tags.get(upstream, repo, tag)
         if self.shared is not None:
             rec = await self.shared.recall(upstream, repo, tag, rec)
@@ -63,12 +73,33 @@ class TagResolver:
                     return ManifestAnswer(m, "hit")
             raise ManifestUnknown(f"manifest {repo}:{tag} is not cached and the mirror is offline")
         (m, result), joined = await self._by_tag.run(
-            (upstream, repo, tag), lambda: self._refresh(client, repo, tag, rec))
+            (upstream, repo, tag), lambda: self._owner_or_refresh(client, repo, tag, rec, local))
         if joined:
             self.metrics.coalesced.labels(upstream, "manifest").inc()
             if result == "miss":
                 result = "coalesced"
         return ManifestAnswer(m, result)
+
+    async def _owner_or_refresh(self, client: UpstreamClient, repo: str, tag: str,
+                                rec: TagRecord | None, local: bool) -> tuple[Manifest, Result]:
+        if self.peers is not None and not local:
+            try:
+                doc = await self.peers.document(f"{client.name}/{repo}:{tag}", client.name,
+                                                repo, tag)
+            except ManifestUnknown:
+                self.tags.put(client.name, repo, tag, TagRecord(None, None, None, time.time()))
+                raise
+            if doc is not None:
+                digest = Digest.of(doc.body)
+                if doc.digest == str(digest):  # the body is what the owner says the tag is
+                    m = await self.manifests.keep(
+                        digest, manifest_media_type(doc.body, doc.content_type), doc.body)
+                    self._record(client.name, repo, tag, m, doc.checked_at)
+                    return m, "miss"
+                self.metrics.verify_failures.labels("peer", "manifest").inc()
+                log.warning("a peer's manifest for %s:%s hashed to %s, not %s; asking upstream",
+                            repo, tag, digest, doc.digest)
+        return await self._refresh(client, repo, tag, rec)
 
     async def _refresh(self, client: UpstreamClient, repo: str, tag: str,
                        rec: TagRecord | None) -> tuple[Manifest, Result]:
@@ -136,8 +167,10 @@ class TagResolver:
         self._record(client.name, repo, tag, m)
         return m
 
-    def _record(self, upstream: str, repo: str, tag: str, m: Manifest) -> None:
+    def _record(self, upstream: str, repo: str, tag: str, m: Manifest,
+                checked_at: float | None = None) -> None:
+        when = time.time() if checked_at is None else min(checked_at, time.time())
         self.tags.put(upstream, repo, tag,
-                      TagRecord(str(m.digest), m.media_type, len(m.body), time.time()))
+                      TagRecord(str(m.digest), m.media_type, len(m.body), when))
         if self.shared is not None:
             self.shared.publish(upstream, repo, tag)
