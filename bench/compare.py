@@ -9,7 +9,9 @@ distribution in proxy mode and nginx proxy_cache (bench/nginx.py). Only one is m
 time (the machine has two cores); repeated measurements go round-robin across the caches, so a
 change in background load hits all of them alike. Measured:
 
-- cold blob: first GET of a large layer (curl to /dev/null); median over --cold-blobs layers
+- cold blob: first GET of a large layer (curl to /dev/null); median over --cold-blobs layers;
+  in every round the same layer is also fetched straight from the upstream ("direct"), and
+  each cache's cold figure is given as a share of that too
 - warm blob: GET of the first layer, --runs times more; the median is reported
 - manifest by tag: HEAD (ab -i) and GET (wrk) requests/s, with the one Accept line containerd
   sends (the client that HEADs)
@@ -211,6 +213,26 @@ def _wait_workers(pid: int, workers: int) -> None:
 
 
 # -- measurements ------------------------------------------------------------------------------
+
+@dataclass
+class Direct:
+    """Cold layers fetched straight from the upstream, one per round of cold GETs."""
+
+    url: str
+    runs: list[float] = field(default_factory=list)
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.runs) if self.runs else 0.0
+
+    def measure(self, image: PushedImage) -> None:
+        layer = image.layers[0]
+        settle()
+        status, n, secs = curl_time(f"{self.url}/v2/{image.repo}/blobs/{layer.digest}")
+        if (status, n) != (200, layer.size):
+            raise SystemExit(f"upstream: GET gave {status} with {n} of {layer.size} bytes")
+        self.runs.append(layer.size / secs / 1e6)
+
 
 class MemoryServer:
     """The client ceiling: an HTTP server on a thread that answers every GET with `size` bytes
@@ -464,8 +486,8 @@ def rotated(names: list[str], i: int) -> list[str]:
 
 
 def side_by_side(names: list[str], upstream: RegistryProcess, images: Images,
-                 args: argparse.Namespace, work: Path, ceiling: MemoryServer
-                 ) -> dict[str, Result]:
+                 args: argparse.Namespace, work: Path, ceiling: MemoryServer,
+                 direct: Direct) -> dict[str, Result]:
     """Every cache running at once, idle while another is measured; repeated measurements go
     round-robin (each round starting with the next cache), so a change in the machine's
     background load hits every cache alike."""
@@ -474,7 +496,7 @@ def side_by_side(names: list[str], upstream: RegistryProcess, images: Images,
         running = {n: stack.enter_context(start_cache(n, upstream.url, work, args.workers))
                    for n in names}
         if not args.pulls_only:
-            blobs(names, running, images, args, ceiling, results)
+            blobs(names, running, images, args, ceiling, results, direct)
         daemon = None
         if shutil.which("containerd") and shutil.which("ctr"):
             daemon = Containerd(work / "containerd")
@@ -508,12 +530,16 @@ def side_by_side(names: list[str], upstream: RegistryProcess, images: Images,
 
 
 def blobs(names: list[str], running: dict[str, Running], images: Images,
-          args: argparse.Namespace, ceiling: MemoryServer, results: dict[str, Result]) -> None:
-    """Each large layer cold once through every cache, then the first one warm, round-robin,
-    with the client ceiling measured in every round."""
+          args: argparse.Namespace, ceiling: MemoryServer, results: dict[str, Result],
+          direct: Direct) -> None:
+    """Each large layer cold once through every cache and straight from the upstream, then
+    the first one warm, round-robin, with the client ceiling measured in every round."""
     for i, image in enumerate(images.bigs):  # round-robin, each blob cold
-        for n in rotated(names, i):
-            cold_blob(running[n], image, results[n])
+        for n in rotated([*names, "direct"], i):
+            if n == "direct":
+                direct.measure(image)
+            else:
+                cold_blob(running[n], image, results[n])
     time.sleep(1.0)  # distribution and nginx finish writing their cache file after replying
     for n in names:
         check_warm_blob(running[n], images)
@@ -521,6 +547,8 @@ def blobs(names: list[str], running: dict[str, Running], images: Images,
         for n in rotated(names, i):
             warm_blob(running[n], images, results[n])
         ceiling.measure()
+    print(f"   straight from the upstream (cold layers): {direct.median:.0f} MB/s "
+          f"{[round(x) for x in direct.runs]}", flush=True)
     print(f"   client ceiling (memory -> curl): {ceiling.median:.0f} MB/s "
           f"{[round(x) for x in ceiling.runs]}", flush=True)
     for n in names:
@@ -580,7 +608,7 @@ def ratio(a: float, b: float) -> str:
 
 
 def report(results: dict[str, Result], images: Images, args: argparse.Namespace,
-           ceiling: MemoryServer) -> str:
+           ceiling: MemoryServer, direct: Direct) -> str:
     m, d, n = results.get("mirror"), results.get("distribution"), results.get("nginx")
     m1 = results.get("mirror1")
     herd_mib = sum(b.size for b in images.herds[0].blobs) / MiB if images.herds else 0.0
@@ -609,6 +637,8 @@ def report(results: dict[str, Result], images: Images, args: argparse.Namespace,
     rows = [
         row("warm blob MB/s (median)", lambda r: r.warm_blob, ".0f"),
         row("cold blob MB/s (median)", lambda r: r.cold_blob, ".0f"),
+        row(f"cold blob, share of direct upstream ({direct.median:.0f} MB/s, same rounds)",
+            lambda r: r.cold_blob / direct.median if direct.median else 0.0, ".2f"),
         row("HEAD manifest by tag req/s (ab)", lambda r: r.head_rps, ".0f"),
         row("GET manifest by tag req/s (wrk)", lambda r: r.get_rps, ".0f"),
         *(pull_row for layout, name in PULL_NAMES.items() for pull_row in pull_rows(layout, name)),
@@ -634,6 +664,10 @@ def report(results: dict[str, Result], images: Images, args: argparse.Namespace,
         notes.append(f"client ceiling: curl receives {ceiling.median:.0f} MB/s (median of "
                      f"{len(ceiling.runs)}, best {max(ceiling.runs):.0f}) from a server "
                      "sending one cache-hot 1 MiB buffer, no file involved")
+    if direct.runs:
+        notes.append(f"direct: curl receives each cold layer straight from the upstream at "
+                     f"{direct.median:.0f} MB/s (median of {len(direct.runs)}, "
+                     f"{[round(x) for x in direct.runs]})")
     if d is not None and m is not None and ceiling.runs:
         notes.append(f"2x distribution's warm blob would be {2 * d.warm_blob:.0f} MB/s; mirror "
                      f"serves {m.warm_blob:.0f} MB/s, {m.warm_blob / ceiling.median:.0%} of the "
@@ -685,13 +719,16 @@ def main() -> None:
         with RegistryProcess(log_level="error") as upstream:
             images = push_images(upstream.url, args)
             ceiling = MemoryServer(images.big_layer[1] if images.bigs else MiB)
-            results = side_by_side(list(args.only), upstream, images, args, work, ceiling)
+            direct = Direct(upstream.url)
+            results = side_by_side(list(args.only), upstream, images, args, work, ceiling,
+                                   direct)
             ceiling.close()
         print()
-        print(report(results, images, args, ceiling))
+        print(report(results, images, args, ceiling, direct))
         if args.json:
             raw = {k: dataclasses.asdict(v) for k, v in results.items()}
             raw["client_ceiling_mb_s"] = ceiling.runs  # type: ignore[assignment]
+            raw["direct_cold_mb_s"] = direct.runs  # type: ignore[assignment]
             args.json.write_text(json.dumps(raw, indent=2))
     finally:
         shutil.rmtree(work, ignore_errors=True)

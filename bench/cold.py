@@ -1,0 +1,99 @@
+"""One cold layer through each cache, side by side, interleaved: an A/B of cold-miss throughput.
+
+    python -m bench.cold [--mb 256] [--layers 5] [--tree DIR ...] [--only mirror distribution ...]
+
+Starts CNCF distribution as the upstream, pushes --layers layers of --mb MiB (other bytes each)
+and starts every cache at once in front of it: `mirror` (this checkout, one process),
+`tree1`, `tree2`, ... (the checkouts given with --tree, for an A/B), distribution in proxy
+mode, nginx proxy_cache, and `direct` (curl straight from the upstream). Each layer is fetched
+once through every cache, round-robin (round i starts with the next cache), after os.sync();
+reported: MB/s per cache, median over the layers, mirror's ratio to each, and the peak RSS of
+each cache's processes.
+
+Run by hand (check `uptime`); never in CI."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+
+from bench.common import table
+from bench.compare import Running, curl_time, rotated, settle, start_cache, tree_rss_mib
+from tests.support.images import ImagePusher, PushedImage, big_layer
+from tests.support.mirror_proc import MirrorProcess, mirror_config
+from tests.support.registry import RegistryProcess
+
+CACHES = ("mirror", "distribution", "nginx", "direct")
+
+
+@contextmanager
+def start(name: str, upstream: RegistryProcess, work: Path, trees: list[Path]) -> Iterator[Running]:
+    if name == "direct":
+        yield Running(name, f"127.0.0.1:{upstream.port}", 0)
+    elif name.startswith("tree"):
+        tree = trees[int(name[4:]) - 1]
+        root = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=work))
+        cfg = mirror_config({"docker.io": upstream.url}, root / "cache", log={"level": "warning"})
+        with MirrorProcess(cfg, workdir=root / "proc",
+                           env={"PYTHONPATH": str(tree.resolve())}) as m:
+            assert m.proc is not None
+            yield Running(name, m.hostport, m.proc.pid)
+    else:
+        with start_cache("mirror1" if name == "mirror" else name, upstream.url, work, 1) as c:
+            yield Running(name, c.hostport, c.pid)
+
+
+def cold_get(c: Running, image: PushedImage) -> float:
+    layer = image.layers[0]
+    settle()
+    status, n, secs = curl_time(f"http://{c.hostport}/v2/{image.repo}/blobs/{layer.digest}")
+    if (status, n) != (200, layer.size):
+        raise SystemExit(f"{c.name}: cold GET gave {status} with {n} of {layer.size} bytes")
+    return layer.size / secs / 1e6
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--mb", type=int, default=256)
+    ap.add_argument("--layers", type=int, default=5)
+    ap.add_argument("--tree", type=Path, nargs="*", default=[],
+                    help="checkouts run as tree1, tree2, ...")
+    ap.add_argument("--only", nargs="*", choices=CACHES,
+                    default=["mirror", "distribution", "nginx", "direct"])
+    args = ap.parse_args()
+    names = list(args.only)
+    names[1:1] = [f"tree{i + 1}" for i in range(len(args.tree))]
+    print(f"load average at start: {os.getloadavg()}", flush=True)
+    with tempfile.TemporaryDirectory(prefix="bench-cold-") as tmp, \
+            RegistryProcess(log_level="error") as upstream:
+        work = Path(tmp)
+        p = ImagePusher(upstream.url)
+        images = [p.push_image(f"bench/cold{i}", "1", [big_layer(args.mb, seed=f"cold{i}-{args.mb}")])
+                  for i in range(args.layers)]
+        runs: dict[str, list[float]] = {n: [] for n in names}
+        with ExitStack() as stack:
+            running = {n: stack.enter_context(start(n, upstream, work, args.tree)) for n in names}
+            for i, image in enumerate(images):
+                for n in rotated(names, i):
+                    runs[n].append(cold_get(running[n], image))
+                print(f"   round {i}: " + ", ".join(f"{n} {runs[n][-1]:.0f}" for n in names),
+                      flush=True)
+            rss = {n: tree_rss_mib(c.pid) for n, c in running.items() if c.pid}
+    med = {n: statistics.median(v) for n, v in runs.items()}
+    m = med.get("mirror")
+    rows = [[n, f"{med[n]:.0f}", str([round(x) for x in runs[n]]),
+             f"{m / med[n]:.2f}x" if m else "-"] for n in names]
+    print(f"\none {args.mb} MiB layer cold, MB/s, median of {args.layers} "
+          f"(load average at end: {os.getloadavg()})")
+    print(table(["cache", "MB/s (median)", "runs", "mirror vs it"], rows))
+    print("peak RSS MiB (all processes): " + ", ".join(f"{n} {v:.0f}" for n, v in rss.items()))
+
+
+if __name__ == "__main__":
+    main()
