@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from tests.support import (
     default_cache_dir,
     push_standard_set,
 )
+from tests.support.mirror_proc import MirrorProcess
 from tests.support.registry import find_binary
 from tests.support.seaweed import SeaweedS3, find_weed
 
@@ -103,3 +105,20 @@ def seaweed() -> Iterator[SeaweedS3]:
 
 
 # ---------------------------------------------------------------- end of test infrastructure
+
+
+@pytest.fixture
+def bucket(seaweed: SeaweedS3, request: pytest.FixtureRequest) -> str:
+    """A fresh bucket in the session's SeaweedFS, named after the test's module."""
+    name = f"{request.module.__name__.rsplit('.', 1)[-1].replace('_', '-')[:30]}-{uuid.uuid4().hex[:12]}"
+    seaweed.create_bucket(name)
+    return name
+
+
+@pytest.fixture
+def nodes() -> Iterator[list[MirrorProcess]]:
+    """Mirror processes a test starts (append them): all stopped afterwards."""
+    started: list[MirrorProcess] = []
+    yield started
+    for node in started:
+        node.stop()

@@ -13,6 +13,7 @@ from mirror.fetch.peer_fetch import CHECKED_AT_HEADER
 from mirror.fetch.peers import PEER_SECRET_HEADER, PeerSet
 from mirror.http.keys import METRICS, SERVICE
 from mirror.http.routes import send_blob
+from mirror.observe.metrics import Metrics
 from mirror.observe.record import record_of
 from mirror.oci.apipath import PEER_PREFIX
 from mirror.oci.errors import (
@@ -23,6 +24,8 @@ from mirror.oci.errors import (
     NameUnknown,
 )
 from mirror.oci.models import Digest, Reference
+from mirror.pull.service import PullService
+from mirror.upstream.client import UpstreamClient
 
 log = logging.getLogger("mirror.http.peer_routes")
 PEERS = web.AppKey("peers", PeerSet)
@@ -37,16 +40,21 @@ def _check_secret(request: web.Request) -> None:
         raise Denied("peer requests need the cluster secret")
 
 
-async def peer_manifest(request: web.Request) -> web.Response:
-    """A manifest by digest or by tag, as this node (the owner) holds or resolves it; for a
-    tag, when its upstream last confirmed it."""
+def _peer_request(request: web.Request) -> tuple[Metrics, PullService, str, str, UpstreamClient]:
+    """A peer's request, its secret checked: what it asks of which upstream and repository."""
     _check_secret(request)
-    metrics = request.app[METRICS]
     service = request.app[SERVICE]
     upstream, repo = request.match_info["upstream"], request.query.get("repo", "")
     client = service.client(upstream)
     if client is None or not repo:
         raise NameUnknown(f"no upstream {upstream!r} or no repository here")
+    return request.app[METRICS], service, upstream, repo, client
+
+
+async def peer_manifest(request: web.Request) -> web.Response:
+    """A manifest by digest or by tag, as this node (the owner) holds or resolves it; for a
+    tag, when its upstream last confirmed it."""
+    metrics, service, upstream, repo, client = _peer_request(request)
     ref = Reference.parse(request.match_info["ref"])
     rec = record_of(request)
     rec.kind = "peer-manifest"
@@ -73,13 +81,7 @@ async def peer_manifest(request: web.Request) -> web.Response:
 
 
 async def peer_blob(request: web.Request) -> web.StreamResponse:
-    _check_secret(request)
-    metrics = request.app[METRICS]
-    service = request.app[SERVICE]
-    upstream, repo = request.match_info["upstream"], request.query.get("repo", "")
-    client = service.client(upstream)
-    if client is None or not repo:
-        raise NameUnknown(f"no upstream {upstream!r} or no repository here")
+    metrics, service, _, repo, client = _peer_request(request)
     digest = Digest.parse(request.match_info["digest"])
     rec = record_of(request)
     rec.kind, rec.digest = "peer-blob", str(digest)

@@ -18,8 +18,7 @@ import shutil
 import signal
 import threading
 import time
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -46,21 +45,6 @@ def layered(registry: Any, image_cache_dir: Path) -> PushedImage:
     layers = [big_layer(40, image_cache_dir, seed="cluster0"), big_layer(3, image_cache_dir,
                                                                          seed="cluster1")]
     return pusher.push_image("cluster/app", "1", layers)
-
-
-@pytest.fixture
-def bucket(seaweed: SeaweedS3) -> str:
-    name = f"cluster-{uuid.uuid4().hex[:12]}"
-    seaweed.create_bucket(name)
-    return name
-
-
-@pytest.fixture
-def nodes() -> Iterator[list[MirrorProcess]]:
-    started: list[MirrorProcess] = []
-    yield started
-    for node in started:
-        node.stop()
 
 
 def make_cluster(nodes: list[MirrorProcess], n: int, upstream: str, seaweed: SeaweedS3,

@@ -17,8 +17,7 @@ import shutil
 import subprocess
 import sys
 import time
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -34,21 +33,6 @@ from tests.support.waiting import wait_for
 MiB = 1 << 20
 BUDGET = 64 * MiB
 LAYER_MB = ((48, 56, 64), (52, 60, 50))  # two images, ~330 MiB of incompressible layers
-
-
-@pytest.fixture
-def bucket(seaweed: SeaweedS3) -> str:
-    name = f"tiered-{uuid.uuid4().hex[:12]}"
-    seaweed.create_bucket(name)
-    return name
-
-
-@pytest.fixture
-def nodes() -> Iterator[list[MirrorProcess]]:
-    started: list[MirrorProcess] = []
-    yield started
-    for node in started:
-        node.stop()
 
 
 def node_config(upstream: str, cache_dir: Path, seaweed: SeaweedS3, bucket: str,
