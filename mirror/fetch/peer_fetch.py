@@ -7,6 +7,7 @@ itself (the caller goes on to the upstream, which resumes from the same bytes)."
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import Callable
 from concurrent.futures import Executor
@@ -66,7 +67,9 @@ class PeerClient:
                 return False
             try:
                 await self._from(peer, upstream, repo, digest, fetch, background)
-            except (PeerFailed, aiohttp.ClientError, TimeoutError, OSError) as e:
+            # Not a bare OSError: this node's own disk (ENOSPC, EIO while writing the temp file)
+            # is no fault of the peer's; the fetcher handles it as it would for an upstream.
+            except (PeerFailed, aiohttp.ClientError, TimeoutError) as e:
                 self.metrics.peer_requests.labels("asked", "failed").inc()
                 why = str(e) if isinstance(e, PeerFailed) else type(e).__name__
                 self.peers.mark_down(peer, why)
@@ -88,15 +91,13 @@ class PeerClient:
                 async with self.session.get(url, params={"repo": repo},
                                             headers=self.peers.headers(), timeout=self._timeout,
                                             allow_redirects=False) as resp:
-                    if resp.status == 404:
+                    if await _unknown(resp, "MANIFEST_UNKNOWN"):
                         self.metrics.peer_requests.labels("asked", "missing").inc()
                         raise ManifestUnknown(f"manifest {repo}:{ref} not found upstream "
                                               f"(asked by peer {peer})")
                     if resp.status != 200 or (resp.content_length or 0) > MAX_DOCUMENT:
                         raise PeerFailed(f"answered {resp.status}")
-                    body = await resp.content.read(MAX_DOCUMENT + 1)
-                    if len(body) > MAX_DOCUMENT:
-                        raise PeerFailed("manifest too large")
+                    body = await _read_bounded(resp, MAX_DOCUMENT)
                     checked = resp.headers.get(CHECKED_AT_HEADER)
                     doc = PeerDocument(body, resp.headers.get("Content-Type"),
                                        resp.headers.get("Docker-Content-Digest"),
@@ -120,7 +121,7 @@ class PeerClient:
         url = f"{peer}{PEER_PREFIX}blobs/{upstream}/{digest}"
         resp = await self._open(peer, url, {"repo": repo}, headers)
         async with resp:
-            if resp.status == 404:
+            if await _unknown(resp, "BLOB_UNKNOWN"):
                 self.metrics.peer_requests.labels("asked", "missing").inc()
                 raise BlobUnknown(f"blob {digest} not found upstream (asked by peer {peer})",
                                   detail={"digest": str(digest)})
@@ -197,3 +198,26 @@ class PeerClient:
                 await writer.drain()
         finally:
             await writer.close()
+
+
+async def _unknown(resp: aiohttp.ClientResponse, code: str) -> bool:
+    """A 404 the owner's pull service wrote (its OCI error `code`: the upstream has no such
+    content), not one from a route or an upstream the owner lacks (another version, a config
+    being rolled out, an offline owner): those mean "ask the next source"."""
+    if resp.status != 404 or (resp.content_length or 0) > 65536:
+        return False
+    try:
+        errors = json.loads(await _read_bounded(resp, 65536)).get("errors") or []
+    except (ValueError, AttributeError, PeerFailed):
+        return False
+    return any(isinstance(e, dict) and e.get("code") == code for e in errors)
+
+
+async def _read_bounded(resp: aiohttp.ClientResponse, limit: int) -> bytes:
+    """The whole body, at most `limit` bytes (a single read returns only what is buffered)."""
+    body = bytearray()
+    async for chunk in resp.content.iter_any():
+        body += chunk
+        if len(body) > limit:
+            raise PeerFailed(f"answer longer than {limit} bytes")
+    return bytes(body)

@@ -139,6 +139,8 @@ async def _services(app: web.Application, audit: AuditLog | None) -> AsyncIterat
         background.append(warmer)
     if parts.peers is not None and parts.peers.config.dns is not None:
         background.append(asyncio.create_task(parts.peers.run(), name="peers"))
+    for task in background:
+        task.add_done_callback(_report_end)
     if parts.tiers is not None and primary:
         parts.tiers.start_periodic()  # cold tier usage and max_age expiry
     log.info("cache at %s: %d objects, %d bytes of %d", config.cache.dir, tier.objects,
@@ -151,3 +153,9 @@ async def _services(app: web.Application, audit: AuditLog | None) -> AsyncIterat
         await asyncio.gather(*background, return_exceptions=True)
         await parts.close()
         dirlock.release()
+
+
+def _report_end(task: asyncio.Task[None]) -> None:
+    """A background task must run until shutdown: say so at once if one ends otherwise."""
+    if not task.cancelled() and task.exception() is not None:
+        log.error("background task %s stopped: %r", task.get_name(), task.exception())

@@ -5,6 +5,7 @@ tools (seed, import, gc) build it here, so both run on exactly the same wiring."
 from __future__ import annotations
 
 import asyncio
+import logging
 from dataclasses import dataclass
 
 import aiohttp
@@ -35,6 +36,7 @@ from mirror.store.verdicts import VerdictStore
 from mirror.upstream.client import UpstreamClient
 from mirror.upstream.clients import Upstreams
 
+log = logging.getLogger("mirror.pull.stack")
 USER_AGENT = f"mirror/{__version__} (pull-through cache)"
 
 
@@ -54,12 +56,16 @@ class Services:
     peers: PeerSet | None = None  # cluster: the other nodes, their state, the peer secret
 
     async def close(self) -> None:
-        await self.service.close()
-        await self.evictor.close()
+        """Every part is closed even when one fails: the index's queued writes above all."""
+        closers = [self.service.close, self.evictor.close]
         if self.tiers is not None:
-            await self.tiers.close()  # pending uploads stay in the database for next time
-        for s in self.sessions:
-            await s.close()
+            closers.append(self.tiers.close)  # pending uploads stay in the database
+        closers += [s.close for s in self.sessions]
+        for close in closers:
+            try:
+                await close()
+            except Exception:
+                log.exception("closing %s failed", getattr(close, "__qualname__", close))
         await self.db.close()
 
 

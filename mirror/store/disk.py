@@ -187,14 +187,24 @@ class DiskTier:
 
     async def commit(self, temp: TempBlob, media_type: str | None = None,
                      is_manifest: bool = False) -> None:
-        """Verify, fsync and move into place; on mismatch raise VerificationError and delete."""
-        try:
-            await asyncio.get_running_loop().run_in_executor(None, self._commit_sync, temp)
-        except BaseException:
+        """Verify, fsync and move into place; on mismatch raise VerificationError and delete.
+        A cancellation waits for the thread first: closing the descriptor under it could hit a
+        reused one, and a file it renamed into place must be counted."""
+        done = asyncio.get_running_loop().run_in_executor(None, self._commit_sync, temp)
+        cancelled = False
+        while not done.done():
+            try:
+                await asyncio.wait([done])
+            except asyncio.CancelledError:
+                cancelled = True
+        error = done.exception()
+        if error is not None:
             temp.abort_sync()
-            raise
+            raise error
         temp.close_sync()
         self._account(temp.digest, temp.written, media_type, is_manifest)
+        if cancelled:
+            raise asyncio.CancelledError
 
     def _account(self, digest: Digest, size: int, media_type: str | None,
                  is_manifest: bool) -> None:

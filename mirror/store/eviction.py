@@ -16,11 +16,15 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from mirror.observe.metrics import Metrics
+from mirror.oci.models import Digest
 from mirror.store.disk import DiskTier
 
 log = logging.getLogger("mirror.store.eviction")
 INTERVAL = 5.0  # also wakes this often unasked: usage learned from other workers, missed signals
 GUARD_TIMEOUT = 60.0  # longest wait for the pending uploads of one round of victims
+# Guards running at once: each finishes an upload now, past the uploader's own concurrency, so
+# a large excess over a lagging object store must not start thousands of uploads.
+MAX_GUARDS = 8
 
 # (digest, seconds) -> True when the digest has no pending cold-tier copy any more.
 Guard = Callable[[str, float], Awaitable[bool]]
@@ -41,7 +45,9 @@ class Evictor:
         self.before_round = before_round  # e.g. catch up with what other workers stored
         self._lock = asyncio.Lock()
         self._guards: dict[str, asyncio.Task[None]] = {}  # victims whose upload is finishing
-        self._given_up: set[str] = set()  # victims whose guard timed out: evicted anyway
+        # Victims whose guard timed out, by the last use the guard saw: evicted anyway, unless
+        # used or stored again since (then a new copy is pending and guarded again).
+        self._given_up: dict[str, float] = {}
         # The last round stopped above its goal (victims were guarded): the next signal goes
         # on to the low watermark even though usage is back under the high one.
         self._unfinished = False
@@ -54,13 +60,11 @@ class Evictor:
             except TimeoutError:
                 pass
             forced = self.tier.take_eviction_request()
-            if self.before_round is not None:
-                self.before_round()
-            if not self.tier.evicting or not (forced or self._unfinished
-                                              or self.tier.over_budget()):
-                continue
-            try:
-                await self.evict()
+            try:  # nothing may end this task: a dead evictor fills the disk
+                if self.before_round is not None:
+                    self.before_round()
+                if self.tier.evicting and (forced or self._unfinished or self.tier.over_budget()):
+                    await self.evict()
             except Exception:
                 log.exception("eviction failed")
 
@@ -89,8 +93,8 @@ class Evictor:
             task.cancel()
         await asyncio.gather(*self._guards.values(), return_exceptions=True)
 
-    def _waits_for_upload(self, key: str) -> bool:
-        if self.pending is None or key in self._given_up:
+    def _waits_for_upload(self, key: str, last_access: float) -> bool:
+        if self.pending is None or self._given_up.get(key) == last_access:
             return False
         return self.pending(key)
 
@@ -104,9 +108,10 @@ class Evictor:
             if excess <= 0:
                 break
             excess -= size
-            if self._waits_for_upload(key):
-                if self.guard is not None and key not in self._guards:
-                    self._guards[key] = asyncio.create_task(self._guard(key),
+            if self._waits_for_upload(key, last_access):
+                if (self.guard is not None and key not in self._guards
+                        and len(self._guards) < MAX_GUARDS):
+                    self._guards[key] = asyncio.create_task(self._guard(key, last_access),
                                                             name=f"evict-guard {key[:19]}")
                 continue
             # None: read, rewritten or removed since lru() listed it.
@@ -114,20 +119,24 @@ class Evictor:
             if nbytes is not None:
                 removed += 1
                 freed += nbytes
-                self._given_up.discard(key)
+                self._given_up.pop(key, None)
+        # Forget given-up victims that left the tier some other way (bounded by the tier).
+        self._given_up = {k: v for k, v in self._given_up.items()
+                          if (e := self.tier.entry(Digest.parse(k))) is not None
+                          and e.last_access == v}
         return removed, freed
 
-    async def _guard(self, key: str) -> None:
+    async def _guard(self, key: str, last_access: float) -> None:
         """Finish the victim's upload (bounded), then ask for another round to take it."""
         assert self.guard is not None
         try:
             if not await self.guard(key, self.guard_timeout):
                 log.warning("evicting %s from the hot tier before its copy to the cold tier "
                             "finished: the next request for it goes upstream", key)
-                self._given_up.add(key)
+                self._given_up[key] = last_access
         except Exception:
             log.exception("finishing the cold copy of %s failed", key)
-            self._given_up.add(key)
+            self._given_up[key] = last_access
         finally:
             self._guards.pop(key, None)
         self.tier.request_eviction()
