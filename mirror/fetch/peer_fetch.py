@@ -150,17 +150,22 @@ class PeerClient:
         req = asyncio.ensure_future(self.session.get(
             url, params=params, headers=headers, timeout=self._connect_only,
             allow_redirects=False))
+        taken = False
         try:
             for _ in range(BUSY_ROUNDS):
                 done, _pending = await asyncio.wait({req}, timeout=t)
-                if done:
+                alive = bool(done) or await self._alive(peer)
+                if req.done():  # answered, perhaps while /healthz was asked: use the answer
+                    taken = True
                     return req.result()
-                if not await self._alive(peer):
+                if not alive:
                     raise PeerFailed(f"no answer within {t:g}s and /healthz silent")
             raise PeerFailed(f"busy: no answer within {BUSY_ROUNDS * t:g}s")
         finally:
             if not req.done():
                 req.cancel()
+            elif not taken and not req.cancelled() and req.exception() is None:
+                req.result().close()  # an answer nobody reads: free its connection
 
     async def _alive(self, peer: str) -> bool:
         try:
