@@ -125,6 +125,16 @@ def test_concurrent_cold_gets_through_three_nodes_make_one_upstream_get(
     assert tap.count() == 0, tap.describe()
 
 
+def get_through(nodes: list[MirrorProcess], repo: str, digest: str,
+                results: dict[str, Any]) -> list[threading.Thread]:
+    """One verified GET of the blob through each node, at once, in threads already started."""
+    threads = [threading.Thread(target=get_verified, args=(n.url, repo, digest, results))
+               for n in nodes]
+    for t in threads:
+        t.start()
+    return threads
+
+
 def test_owner_killed_mid_download_others_finish(
         layered: PushedImage, registry: Any, make_tap: Callable[[str], RecordingProxy],
         seaweed: SeaweedS3, bucket: str, nodes: list[MirrorProcess], tmp_path: Path) -> None:
@@ -135,10 +145,7 @@ def test_owner_killed_mid_download_others_finish(
     owner = owner_of(layer.digest, cluster)
     others = [n for n in cluster if n is not owner]
     results: dict[str, Any] = {}
-    threads = [threading.Thread(target=get_verified, args=(n.url, layered.repo, layer.digest,
-                                                           results)) for n in others]
-    for t in threads:
-        t.start()
+    threads = get_through(others, layered.repo, layer.digest, results)
     # Both non-owners are streaming from the owner, a few MiB in: kill it.
     wait_for("both non-owners fed by the owner", lambda: all(
         metric(n.url, "mirror_peer_bytes_total", kind="received") > 4 * MiB
@@ -164,10 +171,7 @@ def test_stalled_owner_is_skipped_and_shown_down(
     owner = owner_of(layer.digest, cluster)
     others = [n for n in cluster if n is not owner]
     results: dict[str, Any] = {}
-    threads = [threading.Thread(target=get_verified, args=(n.url, layered.repo, layer.digest,
-                                                           results)) for n in others]
-    for t in threads:
-        t.start()
+    threads = get_through(others, layered.repo, layer.digest, results)
     wait_for("both non-owners fed by the owner", lambda: all(
         metric(n.url, "mirror_peer_bytes_total", kind="received") > 2 * MiB
         for n in others), timeout=60)
