@@ -30,6 +30,7 @@ def _load(path: str | None) -> Config:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from mirror.cli.allocator import keep_large_buffers_on_heap
     from mirror.http.app import create_app
     from mirror.http.server import run
     from mirror.observe.log import setup_logging
@@ -47,6 +48,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             print(f"mirror: config error: listen: invalid --listen {args.listen!r}", file=sys.stderr)
             return EXIT_CONFIG
     setup_logging(config.log.level, config.log.format)
+    keep_large_buffers_on_heap()
     worker = _worker_role()
     if config.server.workers > 1 and worker is None:
         return _supervise(args, config)

@@ -149,7 +149,7 @@ def _object_store(reader: _Reader, raw: Any) -> ObjectStoreConfig | None:
 def _cache(reader: _Reader, raw: Any) -> CacheConfig:
     sec = reader.section(raw, "cache", {"dir", "max_size", "tag_ttl", "tags_list_ttl", "max_stale",
                                         "keep_deleted_tags", "high_watermark", "low_watermark",
-                                        "manifest_memory", "object_store"})
+                                        "manifest_memory", "direct_io", "object_store"})
     d = CacheConfig()
     dir_value = reader.get(sec, "dir", "cache.dir", str, None)
     high = reader.convert(sec, "high_watermark", "cache.high_watermark", float, d.high_watermark)
@@ -171,8 +171,19 @@ def _cache(reader: _Reader, raw: Any) -> CacheConfig:
         low_watermark=low,
         manifest_memory=reader.convert(sec, "manifest_memory", "cache.manifest_memory", parse_size,
                                        d.manifest_memory),
+        direct_io=reader.convert(sec, "direct_io", "cache.direct_io", _size_or_off, d.direct_io),
         object_store=_object_store(reader, sec.get("object_store")),
     )
+
+
+def _size_or_off(value: Any) -> int | None:
+    """A size, or off/false for none (YAML reads a bare `off` as False)."""
+    if value is False or (isinstance(value, str) and value.strip().lower() in ("off", "false")):
+        return None
+    size = parse_size(value)
+    if size <= 0:
+        raise ValueError("must be a size greater than 0, or off")
+    return size
 
 
 def _listen(reader: _Reader, value: Any) -> tuple[str, int]:

@@ -85,6 +85,9 @@ class CacheConfig:
     high_watermark: float = 0.95
     low_watermark: float = 0.85
     manifest_memory: int = 64 * 1024 * 1024
+    # Blobs of at least this many bytes are written with O_DIRECT (store/temp.py says why);
+    # None: every blob through the page cache.
+    direct_io: int | None = 16 * 1024 * 1024
     object_store: ObjectStoreConfig | None = None
 
 

@@ -45,8 +45,9 @@ class BlobFetcher:
     def __init__(self, tier: DiskTier, metrics: Metrics, offline: bool,
                  finish_abandoned: bool = True, shared: SharedDownloads | None = None,
                  prefetch_parallel: int = 4, tiers: TieredStore | None = None,
-                 peers: PeerClient | None = None) -> None:
+                 peers: PeerClient | None = None, direct_io: int | None = None) -> None:
         self.tier = tier
+        self.direct_io = direct_io  # blobs this big are written O_DIRECT (store/temp.py)
         # server.workers > 1: downloads are single-flight across the processes sharing `tier`.
         self.shared = shared
         self.metrics = metrics
@@ -380,7 +381,8 @@ class BlobFetcher:
 
     async def _download(self, client: UpstreamClient, repo: str, digest: Digest,
                         fetch: BlobFetch) -> None:
-        writer = WriteBehind(fetch, self._background if self.shared is None else None)
+        writer = WriteBehind(fetch, self._background if self.shared is None else None,
+                             self.direct_io)
         try:
             await download_into(client, repo, digest, fetch, writer, self.metrics, self.tier)
         finally:

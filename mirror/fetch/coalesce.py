@@ -1,9 +1,10 @@
 """Single-flight: one upstream fetch per key, however many clients ask at once.
 
 `SingleFlight` coalesces coroutines that return a value (manifests, tag revalidation).
-`BlobFetch` is the streaming kind: one task downloads into a hashed temp file; every waiter tails
-that file at its own pace with its own file descriptor, so a slow client never slows the
-download or the other clients, and memory per client is one read chunk.
+`BlobFetch` is the streaming kind: one task downloads into a hashed temp file. Waiters that keep
+up are sent the newest bytes from memory (the chunks as they came off the socket, kept a few
+MiB back: `recent`); a waiter further behind reads the temp file with its own descriptor, so a
+slow client never slows the download or the other clients.
 
 The last byte of any response is held back until the whole blob has verified: a client can see a
 truncated body (and its connection closed) but never a complete body with a wrong digest."""
@@ -11,12 +12,17 @@ truncated body (and its connection closed) but never a complete body with a wron
 from __future__ import annotations
 
 import asyncio
+import collections
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Generic, TypeVar
 
 from mirror.store.temp import TempBlob
 
+# Bytes of the newest chunks kept in memory, beyond those not yet in the file, for readers a
+# little behind: the file is read only by readers further back (from the disk, since large
+# blobs are written O_DIRECT).
+KEEP_RECENT = 1024 * 1024
 K = TypeVar("K")
 V = TypeVar("V")
 
@@ -58,6 +64,11 @@ class BlobFetch:
         self.temp = temp
         self.size: int | None = None  # known once upstream sent its headers
         self.available = 0  # bytes written to the temp file so far
+        self.received = 0  # bytes taken from the source so far (in the file or not yet)
+        # The newest chunks, (offset, bytes), oldest first: every byte from the first kept
+        # one up to `received`. A chunk goes only once it is in the file and KEEP_RECENT
+        # newer bytes are kept, so whatever is not here is in the file.
+        self.recent: collections.deque[tuple[int, bytes]] = collections.deque()
         self.done = False  # verified and committed
         self.error: BaseException | None = None
         self.readers = 0
@@ -79,10 +90,48 @@ class BlobFetch:
 
     def progress(self, nbytes: int) -> None:
         self.available += nbytes
+        self.received = max(self.received, self.available)
+        self._trim()
         self.notify()
+
+    def offer(self, chunks: list[bytes]) -> None:
+        """Bytes just taken from the source, before they are in the file: readers that keep
+        up are sent them from here."""
+        for c in chunks:
+            self.recent.append((self.received, c))
+            self.received += len(c)
+        self._trim()
+        self.notify()
+
+    def _trim(self) -> None:
+        recent = self.recent
+        while recent:
+            offset, chunk = recent[0]
+            end = offset + len(chunk)
+            if end > self.available or self.received - end < KEEP_RECENT:
+                break
+            recent.popleft()
+
+    def piece(self, pos: int, limit: int) -> bytes | memoryview | tuple[int, int] | None:
+        """What a reader at `pos` can be sent now, short of `limit`: bytes from memory, an
+        (offset, count) range of the temp file, or None (wait for more)."""
+        recent = self.recent
+        first = recent[0][0] if recent else self.received
+        if pos >= first:
+            if pos >= min(limit, self.received):
+                return None
+            for offset, chunk in recent:  # a few MiB of 1 MiB-ish chunks: a short walk
+                if pos < offset + len(chunk):
+                    start = pos - offset
+                    stop = min(len(chunk), limit - offset)
+                    return memoryview(chunk)[start:stop] if start or stop < len(chunk) else chunk
+            return None
+        stop = min(limit, self.available, first)
+        return (pos, stop - pos) if pos < stop else None
 
     def finish(self) -> None:
         self.done = True
+        self.received = max(self.received, self.available)
         self.started.set()
         self.notify()
 
@@ -107,20 +156,22 @@ class BlobFetch:
         self.readers += 1
         return fd
 
-    async def windows(self, start: int, end: int) -> AsyncIterator[tuple[int, int]]:
-        """(offset, count) windows of [start, end] as their bytes land in the temp file.
-        Raises the fetch's error if it fails. Byte `end` is held back until the digest is
-        verified, so no response can complete with unverified content."""
+    async def pieces(self, start: int, end: int
+                     ) -> AsyncIterator[bytes | memoryview | tuple[int, int]]:
+        """Bytes [start, end] as they arrive: from memory, or (offset, count) ranges of the
+        temp file for a reader that fell behind. Raises the fetch's error if it fails. Byte
+        `end` is held back until the digest is verified, so no response can complete with
+        unverified content."""
         pos = start
         while pos <= end:
             if self.error is not None:
                 raise self.error
-            limit = end + 1 if self.done else min(self.available, end)
-            if pos < limit:
-                yield pos, limit - pos
-                pos = limit
+            piece = self.piece(pos, end + 1 if self.done else end)
+            if piece is None:
+                await self.changed()
                 continue
-            await self.changed()
+            yield piece
+            pos += piece[1] if isinstance(piece, tuple) else len(piece)
 
     def close_reader(self, fd: int) -> None:
         os.close(fd)

@@ -1,10 +1,11 @@
 """One blob's bytes from the upstream into its temp file: the read loop (resume with Range
 when the connection breaks) and the writer that hashes and writes batches off the event loop
-while the next batch is read."""
+while the next batches are read."""
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import os
 import threading
@@ -22,9 +23,15 @@ from mirror.store.disk import DiskTier
 from mirror.upstream.client import UpstreamClient
 
 log = logging.getLogger("mirror.fetch.download")
-WRITE_BATCH = 1024 * 1024  # bytes gathered before one hop to the writer thread
+WRITE_BATCH = 2 * 1024 * 1024  # bytes gathered before they go to the write and hash lanes
 SYNC_EVERY = 32 * 1024 * 1024  # bytes written between background fdatasyncs of a download
 RESUME_ATTEMPTS = 3
+# Bytes a download's write or hash may fall behind its reads (held in memory meanwhile).
+MAX_AHEAD = 4 * 1024 * 1024
+# Bytes asked of the socket per read of a blob body. asyncio reads 256 KiB at a time; each read
+# costs a bytes object, the HTTP parser's copy of it and a wakeup, which at several hundred
+# MB/s weigh more than the bytes (1 MiB: +13% cold throughput, bench/README.md).
+READ_SIZE = 1024 * 1024
 
 
 async def download_into(client: UpstreamClient, repo: str, digest: Digest, fetch: BlobFetch,
@@ -61,6 +68,7 @@ async def download_into(client: UpstreamClient, repo: str, digest: Digest, fetch
             batch: list[bytes] = []
             batch_len = 0
             resp.content.set_read_chunk_size(WRITE_BATCH)  # fewer pause/resume cycles
+            larger_reads(resp)
             try:
                 async for chunk, _ in resp.content.iter_chunks():
                     # Counted as received: bytes we skip or then reject still cost
@@ -102,55 +110,170 @@ async def download_into(client: UpstreamClient, repo: str, digest: Digest, fetch
             resp.release()
 
 
+def larger_reads(resp: aiohttp.ClientResponse) -> None:
+    """Read a body READ_SIZE bytes per recv (see READ_SIZE). `max_size` is the selector
+    transport's per-read limit; other transports (TLS, other loops) keep their own."""
+    transport = resp.connection.transport if resp.connection is not None else None
+    if transport is not None and isinstance(getattr(transport, "max_size", None), int):
+        transport.max_size = max(transport.max_size, READ_SIZE)  # type: ignore[attr-defined]
+
+
+class _Lane:
+    """Runs `fn` on a download's batches in order, one at a time, on a worker thread that
+    takes batch after batch from its queue: the loop only queues them and hears of each one
+    done (a round trip through the loop per batch cost 1.5 ms each, bench/README.md).
+    `backlog` is the bytes queued or running; the first error stops the lane."""
+
+    def __init__(self, fn: Callable[[list[bytes]], int | None],
+                 pool: Callable[[], Executor | None], done: Callable[[int | None], None]) -> None:
+        self._fn, self._pool, self._done = fn, pool, done
+        self._loop = asyncio.get_running_loop()
+        self._lock = threading.Lock()  # guards _queue, _active and _stopped
+        self._queue: collections.deque[tuple[list[bytes], int]] = collections.deque()
+        self._active = False  # a worker job is taking batches
+        self._stopped = False
+        self.backlog = 0  # loop thread only
+        self.running: asyncio.Future[None] | None = None  # the latest worker job
+        self.error: BaseException | None = None
+        self._moved: asyncio.Future[None] | None = None
+
+    def put(self, batch: list[bytes], nbytes: int) -> None:
+        if self.error is not None:
+            return
+        self.backlog += nbytes
+        with self._lock:
+            self._queue.append((batch, nbytes))
+            if self._active:
+                return
+            self._active = True
+        self.running = self._loop.run_in_executor(self._pool(), self._work)
+
+    def _work(self) -> None:
+        """Worker thread: the queued batches in order, until none is left."""
+        while True:
+            with self._lock:
+                if self._stopped or not self._queue:
+                    self._active = False
+                    return
+                batch, nbytes = self._queue.popleft()
+            try:
+                result = self._fn(batch)
+            except BaseException as e:
+                with self._lock:
+                    self._queue.clear()
+                    self._active = False
+                self._loop.call_soon_threadsafe(self._failed, e)
+                return
+            self._loop.call_soon_threadsafe(self._finished, result, nbytes)
+
+    def _finished(self, result: int | None, nbytes: int) -> None:
+        if self.error is None:
+            self.backlog -= nbytes
+            self._done(result)
+        self._wake()
+
+    def _failed(self, error: BaseException) -> None:
+        self.error = error
+        self.backlog = 0
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._moved is not None and not self._moved.done():
+            self._moved.set_result(None)
+
+    async def wait_below(self, limit: int) -> None:
+        """Until at most `limit` bytes are queued or running; raises the lane's error."""
+        while self.error is None and self.backlog > limit:
+            self._moved = self._loop.create_future()
+            await self._moved
+        if self.error is not None:
+            raise self.error
+
+    def stop(self) -> asyncio.Future[None] | None:
+        """Drop the queued batches; the worker job (returned) finishes the batch it runs."""
+        with self._lock:
+            self._stopped = True
+            self._queue.clear()
+        return self.running
+
+
 class WriteBehind:
-    """Writes a download's batches in the executor while the loop reads the next batch off
-    the socket. At most one write is in flight, so batches land (and are hashed) in order;
-    readers are told about bytes only once they are in the file.
+    """Writes and hashes a download's batches on worker threads while the loop reads on.
 
-    Every SYNC_EVERY bytes it also starts an fdatasync in another thread, not waited for: the
-    disk writes overlap the download, and the commit's fsync (after which clients get their
-    last byte) has little left to flush instead of the whole blob."""
+    Each batch goes to two lanes at once, one that writes it into the temp file and one that
+    hashes it, each taking its batches in order, so a batch costs the longer of the two
+    rather than their sum. The loop does not wait for them until a lane is MAX_AHEAD bytes
+    behind; meanwhile readers that keep up are sent the bytes from memory (BlobFetch.offer)
+    and the file's progress is told as each write finishes. Large blobs are written with
+    O_DIRECT (TempBlob.use_direct): nothing is left to flush when the commit fsyncs.
 
-    def __init__(self, fetch: BlobFetch, background: Callable[[], Executor] | None = None) -> None:
+    With buffered writes, every SYNC_EVERY bytes an fdatasync starts in another thread, not
+    waited for: the disk writes overlap the download, and the commit's fsync has little
+    left to flush instead of the whole blob."""
+
+    def __init__(self, fetch: BlobFetch, background: Callable[[], Executor] | None = None,
+                 direct_min: int | None = None) -> None:
         self._fetch = fetch
         self._background = background  # executor for batches that no client is reading yet
-        self._pending: asyncio.Future[int] | None = None
+        self._direct_min = direct_min  # blobs of at least this size are written O_DIRECT
+        self._direct = False
+        temp = fetch.temp
+        self._write = _Lane(temp.append_sync, self._pool, self._written)
+        self._hash = _Lane(self._hash_batch, self._pool, lambda _: None)
         self._sync: asyncio.Future[None] | None = None
-        self._synced = fetch.temp.written
-        self.queued = fetch.temp.written  # bytes written or being written
+        self._flush: asyncio.Future[int] | None = None
+        self._synced = temp.written
+        self.queued = temp.written  # bytes handed to the lanes (written, or to be)
+
+    def _pool(self) -> Executor | None:
+        return self._background() if self._background and self._fetch.readers == 0 else None
+
+    def _hash_batch(self, chunks: list[bytes]) -> None:
+        self._fetch.temp.hash_sync(chunks)
+
+    def _written(self, nbytes: int | None) -> None:
+        if nbytes:
+            self._fetch.progress(nbytes)
+            self._start_sync()
 
     async def submit(self, chunks: list[bytes]) -> None:
-        await self.drain()
-        self.queued += sum(len(c) for c in chunks)
-        pool = self._background() if self._background and self._fetch.readers == 0 else None
-        self._pending = asyncio.get_running_loop().run_in_executor(
-            pool, self._fetch.temp.write_many_sync, chunks)
+        if not self._direct and self._direct_min is not None and self.queued == 0 and (
+                self._fetch.size or 0) >= self._direct_min:
+            self._direct = self._fetch.temp.use_direct()
+        nbytes = sum(len(c) for c in chunks)
+        self.queued += nbytes
+        self._fetch.offer(chunks)
+        self._write.put(chunks, nbytes)
+        self._hash.put(chunks, nbytes)
+        await self._write.wait_below(MAX_AHEAD)
+        await self._hash.wait_below(MAX_AHEAD)
 
     async def drain(self) -> None:
-        fut, self._pending = self._pending, None
-        if fut is not None:
-            try:
-                self._fetch.progress(await fut)
-            except BaseException:
-                self._pending = fut  # close() still waits for the thread
-                raise
-            self._start_sync()
+        """Until every batch is hashed and in the file (staged bytes too); raises a write's
+        or a hash's error."""
+        await self._write.wait_below(0)
+        await self._hash.wait_below(0)
+        if self._direct:
+            self._direct = False
+            self._flush = asyncio.get_running_loop().run_in_executor(
+                None, self._fetch.temp.flush_sync)
+            self._fetch.progress(await self._flush)
 
     def _start_sync(self) -> None:
         temp = self._fetch.temp
-        if temp.written - self._synced < SYNC_EVERY or (self._sync and not self._sync.done()):
+        if self._direct or temp.written - self._synced < SYNC_EVERY or (
+                self._sync and not self._sync.done()):
             return
         self._synced = temp.written
         self._sync = asyncio.get_running_loop().run_in_executor(None, _datasync, temp.fd)
 
     async def close(self) -> None:
-        """Wait for the write (and sync) in flight even when cancelled: the caller closes the
-        file next, and a thread using a closed (maybe reused) descriptor could hit another
-        file."""
-        fut, self._pending = self._pending, None
-        cancelled = await _wait_uncancelled(fut)
-        if fut is not None and not fut.cancelled() and fut.exception() is None:
-            self._fetch.progress(fut.result())
+        """Stop, and wait for the write, hash and sync in flight even when cancelled: the
+        caller closes the file next, and a thread using a closed (maybe reused) descriptor
+        could hit another file."""
+        cancelled = False
+        for fut in (self._write.stop(), self._hash.stop(), self._flush):
+            cancelled = await _wait_uncancelled(fut) or cancelled
         sync, self._sync = self._sync, None
         cancelled = await _wait_uncancelled(sync) or cancelled
         if cancelled:

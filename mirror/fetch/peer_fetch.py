@@ -46,8 +46,9 @@ class PeerFailed(Exception):
 
 class PeerClient:
     def __init__(self, peers: PeerSet, session: aiohttp.ClientSession, metrics: Metrics,
-                 tier: DiskTier) -> None:
+                 tier: DiskTier, direct_io: int | None = None) -> None:
         self.peers = peers
+        self.direct_io = direct_io  # blobs this big are written O_DIRECT (store/temp.py)
         self.session = session
         self.metrics = metrics
         self.tier = tier
@@ -176,7 +177,7 @@ class PeerClient:
 
     async def _body(self, resp: aiohttp.ClientResponse, fetch: BlobFetch,
                     background: Callable[[], Executor] | None) -> None:
-        writer = WriteBehind(fetch, background)
+        writer = WriteBehind(fetch, background, self.direct_io)
         received = self.metrics.peer_bytes.labels("received")
         batch: list[bytes] = []
         batch_len = 0

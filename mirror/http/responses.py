@@ -122,15 +122,21 @@ async def stream_fetch(request: web.Request, resp: web.StreamResponse, fetch: Bl
                        start: int, end: int) -> int:
     """Send bytes [start, end] of a download in progress; returns bytes sent.
 
-    Bytes already in the temp file go out as they land, from the page cache (mapped, see
-    write_file_range), so twenty readers of one download cost little more CPU than one. If the
-    download fails, the connection is cut: the client must see a broken transfer, never a
-    clean end."""
+    A reader that keeps up is sent the bytes from memory as they come off the upstream's
+    socket (no file read: the download writes them with O_DIRECT, past the page cache); one
+    that fell behind reads the temp file (mapped, see write_file_range) until it catches up.
+    If the download fails, the connection is cut: the client must see a broken transfer,
+    never a clean end."""
     sent = 0
     try:
         await resp.prepare(request)
-        async for offset, count in fetch.windows(start, end):
-            await write_file_range(request, resp, fd, offset, count)
+        async for piece in fetch.pieces(start, end):
+            if isinstance(piece, tuple):
+                offset, count = piece
+                await write_file_range(request, resp, fd, offset, count)
+            else:
+                count = len(piece)
+                await resp.write(piece)  # waits for the client
             sent += count
     except BaseException:
         if request.transport is not None:

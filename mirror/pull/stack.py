@@ -147,7 +147,7 @@ async def build_services(config: Config, metrics: Metrics, *, shared_dir: bool =
                            multiprocess=shared is not None, peers=peer_client)
     blobs = BlobFetcher(tier, metrics, config.offline, config.finish_abandoned_fetches, shared,
                         prefetch_parallel=config.prefetch.parallel, tiers=tiers,
-                        peers=peer_client)
+                        peers=peer_client, direct_io=config.cache.direct_io)
     # Built even without rules: a SIGHUP may bring the first ones (no rule: one empty loop).
     signatures = SignaturePolicy(config, VerdictStore(db), manifests, resolver, blobs,
                                  upstreams.client, metrics, audit)
@@ -170,4 +170,4 @@ def _cluster(config: Config, metrics: Metrics, tier: DiskTier,
         connector=aiohttp.TCPConnector(limit=64, use_dns_cache=False),
         headers={"User-Agent": USER_AGENT}, auto_decompress=False)
     sessions.append(session)
-    return peers, PeerClient(peers, session, metrics, tier)
+    return peers, PeerClient(peers, session, metrics, tier, config.cache.direct_io)

@@ -148,7 +148,9 @@ class SharedPart(TempBlob):
         self.path = self.files.part
         self.fd = -1
         self._hasher = digest.hasher()
-        self.written = 0
+        self.written = self.hashed = self.staged = 0
+        self._direct_fd = -1
+        self._buffer = None
         self.closed = False
         self.ino = 0
         self.holding = False  # this process writes the part (and may delete it)
@@ -228,7 +230,7 @@ class SharedPart(TempBlob):
                 break
             hasher.update(chunk)
             pos += len(chunk)
-        self._hasher, self.written, self.resumed_from = hasher, pos, pos
+        self._hasher, self.written, self.hashed, self.resumed_from = hasher, pos, pos, pos
 
     def publish_start(self, size: int | None) -> None:
         """The upstream answered: tails may start serving."""

@@ -92,7 +92,9 @@ async def test_a_dead_holders_part_is_resumed_and_rehashed(tier: DiskTier) -> No
     assert resumed is not None and resumed.size == len(DATA)
     assert part.written == part.resumed_from == 1_000_000
     assert read_meta(files.meta).pid == os.getpid()  # type: ignore[union-attr]
-    part.write_many_sync([DATA[1_000_000:2_000_000], DATA[2_000_000:]])
+    rest = [DATA[1_000_000:2_000_000], DATA[2_000_000:]]
+    part.hash_sync(rest)
+    part.append_sync(rest)
     assert part.matches()  # the re-hashed prefix plus the new bytes: the whole digest
     await tier.commit(part)
     part.committed_sync()
