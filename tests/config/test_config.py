@@ -138,3 +138,17 @@ def test_prefetch_platforms() -> None:
     assert len(out) == 1 and out[0].startswith("prefetch.platforms[0]: "), out
     out = problems({"upstreams": up, "prefetch": {"platforms": "linux/amd64"}})
     assert len(out) == 1 and out[0].startswith("prefetch.platforms: "), out
+
+
+@pytest.mark.parametrize("value, expected", [
+    (None, 16 * 1024**2), ("64MiB", 64 * 1024**2), ("off", None), (False, None),
+])
+def test_direct_io_is_a_size_or_off(value: object, expected: int | None) -> None:
+    raw: dict[str, object] = {"offline": True,
+                              "cache": {} if value is None else {"direct_io": value}}
+    assert parse_config(raw, {}, Path("/tmp")).cache.direct_io == expected
+
+
+@pytest.mark.parametrize("value", ["lots", "0", -5])
+def test_a_bad_direct_io_names_its_key(value: object) -> None:
+    assert any(p.startswith("cache.direct_io") for p in problems({"cache": {"direct_io": value}}))
