@@ -216,7 +216,6 @@ class WriteBehind:
         self._fetch = fetch
         self._background = background  # executor for batches that no client is reading yet
         self._direct_min = direct_min  # blobs of at least this size are written O_DIRECT
-        self._direct = False
         temp = fetch.temp
         self._write = _Lane(temp.append_sync, self._pool, self._written)
         self._hash = _Lane(self._hash_batch, self._pool, lambda _: None)
@@ -237,9 +236,9 @@ class WriteBehind:
             self._start_sync()
 
     async def submit(self, chunks: list[bytes]) -> None:
-        if not self._direct and self._direct_min is not None and self.queued == 0 and (
+        if self._direct_min is not None and self.queued == 0 and (
                 self._fetch.size or 0) >= self._direct_min:
-            self._direct = self._fetch.temp.use_direct()
+            self._fetch.temp.use_direct()
         nbytes = sum(len(c) for c in chunks)
         self.queued += nbytes
         self._fetch.offer(chunks)
@@ -253,15 +252,14 @@ class WriteBehind:
         or a hash's error."""
         await self._write.wait_below(0)
         await self._hash.wait_below(0)
-        if self._direct:
-            self._direct = False
+        if self._fetch.temp.staged:  # staged by this writer or by one before it (a resume)
             self._flush = asyncio.get_running_loop().run_in_executor(
                 None, self._fetch.temp.flush_sync)
             self._fetch.progress(await self._flush)
 
     def _start_sync(self) -> None:
         temp = self._fetch.temp
-        if self._direct or temp.written - self._synced < SYNC_EVERY or (
+        if temp.direct or temp.written - self._synced < SYNC_EVERY or (
                 self._sync and not self._sync.done()):
             return
         self._synced = temp.written

@@ -42,6 +42,10 @@ class TempBlob:
         self._buffer: mmap.mmap | None = None
         self.staged = 0
 
+    @property
+    def direct(self) -> bool:  # appends go through the O_DIRECT buffer
+        return self._buffer is not None
+
     def use_direct(self) -> bool:
         """Write from now on through O_DIRECT, if the file system takes it and the file ends
         on a block boundary. False (and buffered writes as before) otherwise."""
