@@ -13,12 +13,8 @@ from aiohttp import web
 
 from mirror.fetch.coalesce import BlobFetch
 
-MAPPED_CHUNK = 2 << 20  # bytes of a mapped file per transport write
-MAP_WINDOW = 4 << 20  # bytes of a file mapped at once (file pages mapped count into RSS)
-# Page tables of a window filled by the one mmap call, not by a fault per 64 KiB while the
-# kernel copies to the socket (warm 512 MiB blob: 84% -> 87% of the client ceiling with 2 MiB
-# writes of 4 MiB windows, bench/README.md).
-MAP_FLAGS = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
+MAPPED_CHUNK = 1 << 20  # bytes of a mapped file per transport write
+MAP_WINDOW = 2 << 20  # bytes of a file mapped at once (file pages mapped count into RSS)
 
 
 class SendfileResponse(web.StreamResponse):
@@ -78,7 +74,7 @@ async def write_file_range(request: web.BaseRequest, resp: web.StreamResponse, f
         start = pos - pos % mmap.ALLOCATIONGRANULARITY
         length = min(MAP_WINDOW, end - start)
         try:
-            mapped = mmap.mmap(fd, length, flags=MAP_FLAGS, prot=mmap.PROT_READ, offset=start)
+            mapped = mmap.mmap(fd, length, prot=mmap.PROT_READ, offset=start)
         except (OSError, ValueError):  # a file system without mmap
             await _copy_range(request, resp, fd, pos, end - pos)
             return
