@@ -32,6 +32,9 @@ MAX_AHEAD = 4 * 1024 * 1024
 # costs a bytes object, the HTTP parser's copy of it and a wakeup, which at several hundred
 # MB/s weigh more than the bytes (1 MiB: +13% cold throughput, bench/README.md).
 READ_SIZE = 1024 * 1024
+# Batches a lane's worker job takes before it gives its pool thread back (_Lane._work): the
+# pools are shared by every download and by other file work (fsyncs, commits).
+TURN = 2
 
 
 async def download_into(client: UpstreamClient, repo: str, digest: Digest, fetch: BlobFetch,
@@ -149,8 +152,10 @@ class _Lane:
         self.running = self._loop.run_in_executor(self._pool(), self._work)
 
     def _work(self) -> None:
-        """Worker thread: the queued batches in order, until none is left."""
-        while True:
+        """Worker thread: the queued batches in order, until none is left or TURN batches
+        are done; then the job ends and the loop queues a new one (_again) for the rest, so
+        that a download the reads keep feeding does not keep a pool thread to itself."""
+        for _ in range(TURN):
             with self._lock:
                 if self._stopped or not self._queue:
                     self._active = False
@@ -165,6 +170,14 @@ class _Lane:
                 self._loop.call_soon_threadsafe(self._failed, e)
                 return
             self._loop.call_soon_threadsafe(self._finished, result, nbytes)
+        self._loop.call_soon_threadsafe(self._again)  # _active stays set: put() only queues
+
+    def _again(self) -> None:
+        with self._lock:
+            if self._stopped or not self._queue:
+                self._active = False
+                return
+        self.running = self._loop.run_in_executor(self._pool(), self._work)
 
     def _finished(self, result: int | None, nbytes: int) -> None:
         if self.error is None:
