@@ -16,7 +16,7 @@ from typing import Literal
 import aiohttp
 
 from mirror.fetch.coalesce import BlobFetch
-from mirror.fetch.download import WriteBehind, download_into, lower_priority
+from mirror.fetch.download import AheadBudget, WriteBehind, download_into, lower_priority
 from mirror.fetch.handles import BlobHandle as BlobHandle
 from mirror.fetch.handles import CommittedFile as CommittedFile
 from mirror.fetch.handles import Download as Download
@@ -45,9 +45,11 @@ class BlobFetcher:
     def __init__(self, tier: DiskTier, metrics: Metrics, offline: bool,
                  finish_abandoned: bool = True, shared: SharedDownloads | None = None,
                  prefetch_parallel: int = 4, tiers: TieredStore | None = None,
-                 peers: PeerClient | None = None, direct_io: int | None = None) -> None:
+                 peers: PeerClient | None = None, direct_io: int | None = None,
+                 budget: AheadBudget | None = None) -> None:
         self.tier = tier
         self.direct_io = direct_io  # blobs this big are written O_DIRECT (store/temp.py)
+        self.budget = budget if budget is not None else AheadBudget()  # shared with peers
         # server.workers > 1: downloads are single-flight across the processes sharing `tier`.
         self.shared = shared
         self.metrics = metrics
@@ -382,7 +384,7 @@ class BlobFetcher:
     async def _download(self, client: UpstreamClient, repo: str, digest: Digest,
                         fetch: BlobFetch) -> None:
         writer = WriteBehind(fetch, self._background if self.shared is None else None,
-                             self.direct_io)
+                             self.direct_io, self.budget)
         try:
             await download_into(client, repo, digest, fetch, writer, self.metrics, self.tier)
         finally:

@@ -28,6 +28,9 @@ SYNC_EVERY = 32 * 1024 * 1024  # bytes written between background fdatasyncs of 
 RESUME_ATTEMPTS = 3
 # Bytes a download's write or hash may fall behind its reads (held in memory meanwhile).
 MAX_AHEAD = 4 * 1024 * 1024
+# Bytes all of a process's downloads may hold so, together (AheadBudget): prefetches on the
+# two low-priority threads fall behind their reads as a rule, and each held its MAX_AHEAD.
+AHEAD_BUDGET = 2 * MAX_AHEAD
 # Bytes asked of the socket per read of a blob body. asyncio reads 256 KiB at a time; each read
 # costs a bytes object, the HTTP parser's copy of it and a wakeup, which at several hundred
 # MB/s weigh more than the bytes (1 MiB: +13% cold throughput, bench/README.md).
@@ -70,7 +73,7 @@ async def download_into(client: UpstreamClient, repo: str, digest: Digest, fetch
             received = metrics.upstream_bytes.labels(client.name)
             batch: list[bytes] = []
             batch_len = 0
-            resp.content.set_read_chunk_size(WRITE_BATCH)  # fewer pause/resume cycles
+            # aiohttp keeps its default buffer limit: a paused read holds one READ_SIZE read.
             larger_reads(resp)
             try:
                 async for chunk, _ in resp.content.iter_chunks():
@@ -121,6 +124,30 @@ def larger_reads(resp: aiohttp.ClientResponse) -> None:
         transport.max_size = max(transport.max_size, READ_SIZE)  # type: ignore[attr-defined]
 
 
+class AheadBudget:
+    """The bytes a process's downloads hold between their reads and their lanes. Over the
+    limit, a download reads on only once its own batches are done: each keeps going, one
+    batch at a time, and memory stays near the limit however many downloads run."""
+
+    def __init__(self, limit: int = AHEAD_BUDGET) -> None:
+        self.limit = limit
+        self.used = 0
+        self._waiters: list[asyncio.Future[None]] = []
+
+    def change(self, delta: int) -> None:
+        self.used += delta
+        if delta < 0:
+            waiters, self._waiters = self._waiters, []
+            for w in waiters:
+                if not w.done():
+                    w.set_result(None)
+
+    async def changed(self) -> None:
+        fut = asyncio.get_running_loop().create_future()
+        self._waiters.append(fut)
+        await fut
+
+
 class _Lane:
     """Runs `fn` on a download's batches in order, one at a time, on a worker thread that
     takes batch after batch from its queue: the loop only queues them and hears of each one
@@ -128,8 +155,9 @@ class _Lane:
     `backlog` is the bytes queued or running; the first error stops the lane."""
 
     def __init__(self, fn: Callable[[list[bytes]], int | None],
-                 pool: Callable[[], Executor | None], done: Callable[[int | None], None]) -> None:
-        self._fn, self._pool, self._done = fn, pool, done
+                 pool: Callable[[], Executor | None], done: Callable[[int | None], None],
+                 moved: Callable[[], None]) -> None:
+        self._fn, self._pool, self._done, self._moved_cb = fn, pool, done, moved
         self._loop = asyncio.get_running_loop()
         self._lock = threading.Lock()  # guards _queue, _active and _stopped
         self._queue: collections.deque[tuple[list[bytes], int]] = collections.deque()
@@ -191,6 +219,7 @@ class _Lane:
         self._wake()
 
     def _wake(self) -> None:
+        self._moved_cb()
         if self._moved is not None and not self._moved.done():
             self._moved.set_result(None)
 
@@ -225,13 +254,15 @@ class WriteBehind:
     left to flush instead of the whole blob."""
 
     def __init__(self, fetch: BlobFetch, background: Callable[[], Executor] | None = None,
-                 direct_min: int | None = None) -> None:
+                 direct_min: int | None = None, budget: AheadBudget | None = None) -> None:
         self._fetch = fetch
+        self._budget = budget if budget is not None else AheadBudget()
+        self._held = 0  # bytes of ours counted in the budget
         self._background = background  # executor for batches that no client is reading yet
         self._direct_min = direct_min  # blobs of at least this size are written O_DIRECT
         temp = fetch.temp
-        self._write = _Lane(temp.append_sync, self._pool, self._written)
-        self._hash = _Lane(self._hash_batch, self._pool, lambda _: None)
+        self._write = _Lane(temp.append_sync, self._pool, self._written, self._settle)
+        self._hash = _Lane(self._hash_batch, self._pool, lambda _: None, self._settle)
         self._sync: asyncio.Future[None] | None = None
         self._flush: asyncio.Future[int] | None = None
         self._synced = temp.written
@@ -248,6 +279,13 @@ class WriteBehind:
             self._fetch.progress(nbytes)
             self._start_sync()
 
+    def _settle(self, stopped: bool = False) -> None:
+        """Tell the budget what we hold now: a batch is held until both lanes are done."""
+        held = 0 if stopped else max(self._write.backlog, self._hash.backlog)
+        delta, self._held = held - self._held, held
+        if delta:
+            self._budget.change(delta)
+
     async def submit(self, chunks: list[bytes]) -> None:
         if self._direct_min is not None and self.queued == 0 and (
                 self._fetch.size or 0) >= self._direct_min:
@@ -257,8 +295,13 @@ class WriteBehind:
         self._fetch.offer(chunks)
         self._write.put(chunks, nbytes)
         self._hash.put(chunks, nbytes)
+        self._settle()
         await self._write.wait_below(MAX_AHEAD)
         await self._hash.wait_below(MAX_AHEAD)
+        budget = self._budget
+        while budget.used > budget.limit and self._held:
+            await budget.changed()
+            await self._write.wait_below(MAX_AHEAD)  # raises a lane's error
 
     async def drain(self) -> None:
         """Until every batch is hashed and in the file (staged bytes too); raises a write's
@@ -287,6 +330,7 @@ class WriteBehind:
             cancelled = await _wait_uncancelled(fut) or cancelled
         sync, self._sync = self._sync, None
         cancelled = await _wait_uncancelled(sync) or cancelled
+        self._settle(stopped=True)
         if cancelled:
             raise asyncio.CancelledError
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import aiohttp
 
 from mirror.fetch.coalesce import BlobFetch
-from mirror.fetch.download import WRITE_BATCH, WriteBehind
+from mirror.fetch.download import WRITE_BATCH, AheadBudget, WriteBehind
 from mirror.fetch.peers import PeerSet
 from mirror.observe.metrics import Metrics
 from mirror.oci.apipath import PEER_PREFIX
@@ -46,9 +46,11 @@ class PeerFailed(Exception):
 
 class PeerClient:
     def __init__(self, peers: PeerSet, session: aiohttp.ClientSession, metrics: Metrics,
-                 tier: DiskTier, direct_io: int | None = None) -> None:
+                 tier: DiskTier, direct_io: int | None = None,
+                 budget: AheadBudget | None = None) -> None:
         self.peers = peers
         self.direct_io = direct_io  # blobs this big are written O_DIRECT (store/temp.py)
+        self.budget = budget if budget is not None else AheadBudget()
         self.session = session
         self.metrics = metrics
         self.tier = tier
@@ -177,11 +179,10 @@ class PeerClient:
 
     async def _body(self, resp: aiohttp.ClientResponse, fetch: BlobFetch,
                     background: Callable[[], Executor] | None) -> None:
-        writer = WriteBehind(fetch, background, self.direct_io)
+        writer = WriteBehind(fetch, background, self.direct_io, self.budget)
         received = self.metrics.peer_bytes.labels("received")
         batch: list[bytes] = []
         batch_len = 0
-        resp.content.set_read_chunk_size(WRITE_BATCH)
         try:
             try:
                 while True:

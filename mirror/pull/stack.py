@@ -13,6 +13,7 @@ import aiohttp
 from mirror import __version__
 from mirror.config import Config
 from mirror.fetch.blobs import BlobFetcher
+from mirror.fetch.download import AheadBudget
 from mirror.fetch.peer_fetch import PeerClient
 from mirror.fetch.peers import PeerSet
 from mirror.fetch.shared import SharedDownloads
@@ -139,7 +140,8 @@ async def build_services(config: Config, metrics: Metrics, *, shared_dir: bool =
     # served for repositories it is linked to (mirror/store/links.py).
     links = RepoLinks(db) if config.auth is not None else None
     upstreams = Upstreams(clients, config.offline)
-    peers, peer_client = _cluster(config, metrics, tier, sessions)
+    budget = AheadBudget()  # one per process: every download's write-behind memory
+    peers, peer_client = _cluster(config, metrics, tier, sessions, budget)
     manifests = ManifestStore(tier, metrics, config.cache.manifest_memory, tiers, shared,
                               peer_client)
     resolver = TagResolver(config.cache, tags, manifests, metrics, upstreams.client,
@@ -147,7 +149,7 @@ async def build_services(config: Config, metrics: Metrics, *, shared_dir: bool =
                            multiprocess=shared is not None, peers=peer_client)
     blobs = BlobFetcher(tier, metrics, config.offline, config.finish_abandoned_fetches, shared,
                         prefetch_parallel=config.prefetch.parallel, tiers=tiers,
-                        peers=peer_client, direct_io=config.cache.direct_io)
+                        peers=peer_client, direct_io=config.cache.direct_io, budget=budget)
     # Built even without rules: a SIGHUP may bring the first ones (no rule: one empty loop).
     signatures = SignaturePolicy(config, VerdictStore(db), manifests, resolver, blobs,
                                  upstreams.client, metrics, audit)
@@ -160,7 +162,8 @@ async def build_services(config: Config, metrics: Metrics, *, shared_dir: bool =
 
 
 def _cluster(config: Config, metrics: Metrics, tier: DiskTier,
-             sessions: list[aiohttp.ClientSession]) -> tuple[PeerSet | None, PeerClient | None]:
+             sessions: list[aiohttp.ClientSession],
+             budget: AheadBudget) -> tuple[PeerSet | None, PeerClient | None]:
     """cluster: the peer set and the client that asks owners (its own session: peers are on
     the local network, with their own short timeouts)."""
     if config.cluster is None or config.offline:
@@ -170,4 +173,4 @@ def _cluster(config: Config, metrics: Metrics, tier: DiskTier,
         connector=aiohttp.TCPConnector(limit=64, use_dns_cache=False),
         headers={"User-Agent": USER_AGENT}, auto_decompress=False)
     sessions.append(session)
-    return peers, PeerClient(peers, session, metrics, tier, config.cache.direct_io)
+    return peers, PeerClient(peers, session, metrics, tier, config.cache.direct_io, budget)

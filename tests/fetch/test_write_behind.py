@@ -4,12 +4,15 @@ get memory or file ranges that add up to exactly the bytes."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from mirror.fetch.coalesce import KEEP_RECENT, BlobFetch
-from mirror.fetch.download import WriteBehind
+from mirror.fetch.download import WRITE_BATCH, AheadBudget, WriteBehind
 from mirror.oci.models import Digest
 from mirror.store.temp import DIRECT_BUFFER, TempBlob
 
@@ -60,3 +63,28 @@ async def test_pieces_from_memory_and_file_add_up_to_the_bytes(tmp_path: Path) -
             got += piece
     fetch.close_reader(fd)
     assert kinds == {"file", "memory"} and bytes(got) == DATA
+
+
+async def test_downloads_together_hold_at_most_the_budget_plus_a_batch_each(
+        tmp_path: Path) -> None:
+    """Two downloads whose lanes are stuck (a busy pool): the first may hold the budget, the
+    second only once its own batch is done; the budget is free again after both close."""
+    gate = threading.Event()
+    pool = ThreadPoolExecutor(1)
+    pool.submit(gate.wait, 30)  # the lanes' jobs queue behind this one
+    budget = AheadBudget(limit=WRITE_BATCH)
+    a, b = new_fetch(tmp_path), new_fetch(tmp_path)
+    wa = WriteBehind(a, lambda: pool, budget=budget)
+    wb = WriteBehind(b, lambda: pool, budget=budget)
+    await wa.submit([DATA[:WRITE_BATCH]])  # within the budget: returns at once
+    second = asyncio.create_task(wb.submit([DATA[:WRITE_BATCH]]))
+    await asyncio.wait([second], timeout=0.2)
+    assert not second.done() and budget.used == 2 * WRITE_BATCH  # over: b waits for its own
+    gate.set()
+    await asyncio.wait_for(second, 10)
+    for writer in (wa, wb):
+        await writer.drain()
+        await writer.close()
+    assert budget.used == 0
+    assert a.temp.written == b.temp.written == WRITE_BATCH
+    pool.shutdown()
