@@ -96,10 +96,15 @@ class BlobFetch:
 
     def offer(self, chunks: list[bytes]) -> None:
         """Bytes just taken from the source, before they are in the file: readers that keep
-        up are sent them from here."""
-        for c in chunks:
-            self.recent.append((self.received, c))
-            self.received += len(c)
+        up are sent them from here. With no reader (a prefetch) none are kept: one that
+        joins reads the file up to what is written, then the chunks that come after."""
+        if not self.readers:
+            self.recent.clear()  # kept chunks must run up to `received`, with no gap
+            self.received += sum(len(c) for c in chunks)
+        else:
+            for c in chunks:
+                self.recent.append((self.received, c))
+                self.received += len(c)
         self._trim()
         self.notify()
 
@@ -132,11 +137,16 @@ class BlobFetch:
     def finish(self) -> None:
         self.done = True
         self.received = max(self.received, self.available)
+        # Every byte is in the file now: readers still going take file ranges. Kept, the
+        # chunks lived as long as the fetch, which a reference cycle (its task) can keep
+        # until the next full garbage collection: peak RSS grew by ~1 MiB per cold blob.
+        self.recent.clear()
         self.started.set()
         self.notify()
 
     def fail(self, exc: BaseException) -> None:
         self.error = exc
+        self.recent.clear()  # no reader is sent more (pieces raises `error`)
         self.started.set()
         self.notify()
 

@@ -47,11 +47,10 @@ async def test_a_second_writer_after_a_break_on_a_block_boundary_lands_the_tail(
 
 async def test_pieces_from_memory_and_file_add_up_to_the_bytes(tmp_path: Path) -> None:
     fetch = new_fetch(tmp_path)
+    fd = fetch.open_reader()  # a reader that fell behind at once
     await hand_over(WriteBehind(fetch, direct_min=1), DATA)
     kept = sum(len(c) for _, c in fetch.recent)
     assert KEEP_RECENT <= kept < KEEP_RECENT + 700_001  # older chunks are only in the file
-    fetch.finish()
-    fd = fetch.open_reader()
     got = bytearray()
     kinds = set()
     async for piece in fetch.pieces(0, len(DATA) - 1):
@@ -61,6 +60,33 @@ async def test_pieces_from_memory_and_file_add_up_to_the_bytes(tmp_path: Path) -
         else:
             kinds.add("memory")
             got += piece
+        if len(got) >= len(DATA) - 1:
+            fetch.finish()  # the last byte waits for the commit
+    fetch.close_reader(fd)
+    assert kinds == {"file", "memory"} and bytes(got) == DATA
+    assert not fetch.recent  # finished: every byte is in the file, none held in memory
+
+
+async def test_without_readers_no_chunks_are_kept_and_a_late_reader_gets_every_byte(
+        tmp_path: Path) -> None:
+    """A prefetch keeps nothing in memory; a client that joins halfway reads the file up to
+    what is written, then is sent the chunks that come after it joined."""
+    fetch = new_fetch(tmp_path)
+    writer = WriteBehind(fetch, direct_min=None)
+    half = len(DATA) // 2
+    for pos in range(0, half, 700_001):
+        await writer.submit([DATA[pos:min(pos + 700_001, half)]])
+    assert not fetch.recent and fetch.received == half
+    fd = fetch.open_reader()
+    await hand_over(writer, DATA[half:])
+    assert sum(len(c) for _, c in fetch.recent) >= KEEP_RECENT
+    got = bytearray()
+    kinds = set()
+    async for piece in fetch.pieces(0, len(DATA) - 1):
+        kinds.add("file" if isinstance(piece, tuple) else "memory")
+        got += os.pread(fd, piece[1], piece[0]) if isinstance(piece, tuple) else piece
+        if len(got) >= len(DATA) - 1:
+            fetch.finish()
     fetch.close_reader(fd)
     assert kinds == {"file", "memory"} and bytes(got) == DATA
 
