@@ -25,10 +25,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
-from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
+# `cryptography` is imported by the three functions that use keys, not here: the config
+# imports this module, and loading the library costs every server process 9 MiB of RSS
+# (its Rust extension), which only a signature policy with keys needs.
 
 SIMPLE_SIGNING = "application/vnd.dev.cosign.simplesigning.v1+json"
 SIGNATURE_ANNOTATION = "dev.cosignproject.cosign/signature"
@@ -61,6 +60,10 @@ class PublicKey:
     fingerprint: str  # sha256 of the DER SubjectPublicKeyInfo
 
     def verify(self, message: bytes, signature: bytes) -> bool:
+        from cryptography.exceptions import InvalidSignature
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
+
         k = self.key
         try:
             if isinstance(k, ec.EllipticCurvePublicKey):
@@ -81,6 +84,11 @@ class PublicKey:
 
     def verify_prehashed_sha256(self, digest: bytes, signature: bytes) -> bool:
         """A bundle's messageSignature signs the artifact, given here by its SHA-256."""
+        from cryptography.exceptions import InvalidSignature
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+        from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
+
         k = self.key
         try:
             if isinstance(k, ec.EllipticCurvePublicKey):
@@ -96,6 +104,10 @@ class PublicKey:
 
 def load_public_key(pem: bytes, name: str) -> PublicKey:
     """A PEM public key as `cosign generate-key-pair` writes it (cosign.pub)."""
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+
     try:
         key = serialization.load_pem_public_key(pem)
     except (ValueError, UnsupportedAlgorithm, TypeError) as e:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -148,3 +150,20 @@ def test_helper_matches_what_cosign_itself_pushed() -> None:
     r, s = decode_dss_signature(layer.signature)
     assert r > 0 and s > 0
     assert cosign.payload_problem(payload, image) is None
+
+
+def test_the_server_loads_cryptography_only_for_a_policy_with_keys(tmp_path: Path) -> None:
+    """Each server process would carry its Rust extension (9 MiB of RSS) for nothing."""
+    probe = (
+        "import sys\n"
+        "import mirror.cli.main, mirror.http.app, mirror.pull.stack  # all a server loads\n"
+        "from mirror.config.loader import load_config\n"
+        "load_config(sys.argv[1])\n"
+        "print('cryptography' in sys.modules)\n"
+    )
+    cfg = tmp_path / "mirror.yaml"
+    cfg.write_text(f"cache:\n  dir: {tmp_path / 'cache'}\n"
+                   "upstreams:\n  docker.io:\n    url: http://127.0.0.1:9\n")
+    out = subprocess.run([sys.executable, "-c", probe, str(cfg)], capture_output=True,
+                         text=True, check=True).stdout.strip()
+    assert out == "False"
