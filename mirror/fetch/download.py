@@ -150,14 +150,15 @@ class AheadBudget:
 
 class _Lane:
     """Runs `fn` on a download's batches in order, one at a time, on a worker thread that
-    takes batch after batch from its queue: the loop only queues them and hears of each one
-    done (a round trip through the loop per batch cost 1.5 ms each, bench/README.md).
-    `backlog` is the bytes queued or running; the first error stops the lane."""
+    takes up to TURN batches from its queue per job: the loop only queues them and hears of
+    each one done (a round trip through the loop per batch cost 1.5 ms each, bench/README.md).
+    `backlog` is the bytes queued or running; the first error stops the lane. `on_change` is
+    told whenever the backlog shrinks or the lane fails."""
 
     def __init__(self, fn: Callable[[list[bytes]], int | None],
                  pool: Callable[[], Executor | None], done: Callable[[int | None], None],
-                 moved: Callable[[], None]) -> None:
-        self._fn, self._pool, self._done, self._moved_cb = fn, pool, done, moved
+                 on_change: Callable[[], None]) -> None:
+        self._fn, self._pool, self._done, self._on_change = fn, pool, done, on_change
         self._loop = asyncio.get_running_loop()
         self._lock = threading.Lock()  # guards _queue, _active and _stopped
         self._queue: collections.deque[tuple[list[bytes], int]] = collections.deque()
@@ -219,7 +220,7 @@ class _Lane:
         self._wake()
 
     def _wake(self) -> None:
-        self._moved_cb()
+        self._on_change()
         if self._moved is not None and not self._moved.done():
             self._moved.set_result(None)
 
@@ -299,9 +300,8 @@ class WriteBehind:
         await self._write.wait_below(MAX_AHEAD)
         await self._hash.wait_below(MAX_AHEAD)
         budget = self._budget
-        while budget.used > budget.limit and self._held:
+        while budget.used > budget.limit and self._held:  # a failed lane holds nothing
             await budget.changed()
-            await self._write.wait_below(MAX_AHEAD)  # raises a lane's error
 
     async def drain(self) -> None:
         """Until every batch is hashed and in the file (staged bytes too); raises a write's
