@@ -7,8 +7,10 @@ and starts every cache at once in front of it: `mirror` (this checkout, one proc
 `tree1`, `tree2`, ... (the checkouts given with --tree, for an A/B), distribution in proxy
 mode, nginx proxy_cache, and `direct` (curl straight from the upstream). Each layer is fetched
 once through every cache, round-robin (round i starts with the next cache), after os.sync();
-reported: MB/s per cache, median over the layers, mirror's ratio to each, and the peak RSS of
-each cache's processes.
+reported: MB/s per cache, median over the layers, mirror's ratio to each, the CPU seconds per
+GB of each cache's processes until the client has the last byte and after it (until the
+machine is quiet: bench.compare.settle), the upstream's CPU seconds per GB and the bytes it
+sent per byte of the layer, and the peak RSS of each cache's processes.
 
 Run by hand (check `uptime`); never in CI."""
 
@@ -23,8 +25,9 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 from bench.common import table
-from bench.compare import Running, curl_time, rotated, settle, start_cache, tree_rss_mib
-from tests.support.images import ImagePusher, PushedImage, big_layer
+from bench.compare import Running, rotated, start_cache
+from bench.measure import ColdGet, cold_get, tree_rss_mib
+from tests.support.images import ImagePusher, big_layer
 from tests.support.mirror_proc import MirrorProcess, mirror_config
 from tests.support.registry import RegistryProcess
 
@@ -48,15 +51,6 @@ def start(name: str, upstream: RegistryProcess, work: Path, trees: list[Path]) -
             yield Running(name, c.hostport, c.pid)
 
 
-def cold_get(c: Running, image: PushedImage) -> float:
-    layer = image.layers[0]
-    settle()
-    status, n, secs = curl_time(f"http://{c.hostport}/v2/{image.repo}/blobs/{layer.digest}")
-    if (status, n) != (200, layer.size):
-        raise SystemExit(f"{c.name}: cold GET gave {status} with {n} of {layer.size} bytes")
-    return layer.size / secs / 1e6
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -76,22 +70,28 @@ def main() -> None:
         p = ImagePusher(upstream.url)
         images = [p.push_image(f"bench/cold{i}", "1", [big_layer(args.mb, seed=f"cold{i}-{args.mb}")])
                   for i in range(args.layers)]
-        runs: dict[str, list[float]] = {n: [] for n in names}
+        runs: dict[str, list[ColdGet]] = {n: [] for n in names}
+        assert upstream.pid is not None
         with ExitStack() as stack:
             running = {n: stack.enter_context(start(n, upstream, work, args.tree)) for n in names}
             for i, image in enumerate(images):
                 for n in rotated(names, i):
-                    runs[n].append(cold_get(running[n], image))
-                print(f"   round {i}: " + ", ".join(f"{n} {runs[n][-1]:.0f}" for n in names),
+                    runs[n].append(cold_get(running[n].hostport, running[n].pid, image, upstream.pid))
+                print(f"   round {i}: " + ", ".join(f"{n} {runs[n][-1].mbs:.0f}" for n in names),
                       flush=True)
             rss = {n: tree_rss_mib(c.pid) for n, c in running.items() if c.pid}
-    med = {n: statistics.median(v) for n, v in runs.items()}
-    m = med.get("mirror")
-    rows = [[n, f"{med[n]:.0f}", str([round(x) for x in runs[n]]),
-             f"{m / med[n]:.2f}x" if m else "-"] for n in names]
+    def med(n: str, field: str) -> float:
+        return float(statistics.median(getattr(g, field) for g in runs[n]))
+    m = med("mirror", "mbs") if "mirror" in runs else None
+    rows = [[n, f"{med(n, 'mbs'):.0f}", str([round(g.mbs) for g in runs[n]]),
+             f"{m / med(n, 'mbs'):.2f}x" if m else "-",
+             f"{med(n, 'cpu'):.2f} + {med(n, 'after'):.2f}" if n != "direct" else "-",
+             f"{med(n, 'upstream_cpu'):.2f}", f"{med(n, 'upstream_sent'):.2f}"] for n in names]
     print(f"\none {args.mb} MiB layer cold, MB/s, median of {args.layers} "
           f"(load average at end: {os.getloadavg()})")
-    print(table(["cache", "MB/s (median)", "runs", "mirror vs it"], rows))
+    print(table(["cache", "MB/s (median)", "runs", "mirror vs it",
+                 "cache CPU-s/GB: to the answer + after", "upstream CPU-s/GB",
+                 "upstream sent / layer"], rows))
     print("peak RSS MiB (all processes): " + ", ".join(f"{n} {v:.0f}" for n, v in rss.items()))
 
 

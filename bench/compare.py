@@ -11,7 +11,11 @@ change in background load hits all of them alike. Measured:
 
 - cold blob: first GET of a large layer (curl to /dev/null); median over --cold-blobs layers;
   in every round the same layer is also fetched straight from the upstream ("direct"), and
-  each cache's cold figure is given as a share of that too
+  each cache's cold figure is given as a share of that too; also the CPU seconds per GB the
+  cache spent until curl had the last byte and after it (until the machine is quiet), and
+  the bytes the upstream sent per byte of the layer (distribution's proxy answers with a
+  plain copy of one upstream GET and stores the blob from a second GET:
+  registry/proxy/proxyblobstore.go, ServeBlob)
 - warm blob: GET of the first layer, --runs times more; the median is reported
 - manifest by tag: HEAD (ab -i) and GET (wrk) requests/s, with the one Accept line containerd
   sends (the client that HEADs)
@@ -25,8 +29,9 @@ change in background load hits all of them alike. Measured:
 - herd: 20 clients pull a cold image at once (manifest, config, layers), through a fresh
   instance of each cache whose upstream traffic passes a RecordingProxy tap that counts the
   bytes; --herds images one after the other, median wall time, bytes per herd
-- before every cold measurement, os.sync(): dirty pages another step left (pushes, another
-  cache's download) would otherwise slow down the next cache that writes
+- before every cold measurement, os.sync() and a wait until the machine is idle: dirty pages
+  another step left (pushes, another cache's download) and a cache still busy after its
+  answer would otherwise slow down the next cache measured
 - peak RSS: VmHWM summed over the cache's processes (master and workers)
 
 Run by hand on a quiet machine (check `uptime`); never in CI."""
@@ -51,7 +56,8 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench.common import MiB, concurrently, get_hashed, peak_rss_mib, table
+from bench.common import MiB, concurrently, get_hashed, table
+from bench.measure import ColdGet, cold_get, curl_time, process_tree, settle, tree_cpu_seconds, tree_rss_mib
 from bench.nginx import NginxCache
 from tests.support.daemons import Containerd
 from tests.support.images import MT_DOCKER_MANIFEST, ImagePusher, PushedImage, big_layer
@@ -123,6 +129,7 @@ class Result:
     cache: str
     cold_blob: float = 0.0  # MB/s, median of runs
     cold_runs: list[float] = field(default_factory=list)
+    cold: list[ColdGet] = field(default_factory=list)  # what each cold GET cost
     warm_blob: float = 0.0  # MB/s, median of runs
     warm_runs: list[float] = field(default_factory=list)
     head_rps: float = 0.0
@@ -139,36 +146,6 @@ class Result:
 
 
 # -- the caches ---------------------------------------------------------------------------------
-
-def process_tree(pid: int) -> list[int]:
-    """pid and all its descendants (nginx workers, mirror workers)."""
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        out.append(p)
-        try:
-            kids = Path(f"/proc/{p}/task/{p}/children").read_text().split()
-        except OSError:
-            kids = []
-        todo += [int(k) for k in kids]
-    return out
-
-
-def tree_rss_mib(pid: int) -> float:
-    return sum(peak_rss_mib(p) for p in process_tree(pid))
-
-
-def tree_cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of pid and its descendants (all threads)."""
-    ticks = 0
-    for p in process_tree(pid):
-        try:
-            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        ticks += int(fields[11]) + int(fields[12])
-    return ticks / os.sysconf("SC_CLK_TCK")
-
 
 @dataclass
 class Running:
@@ -279,30 +256,10 @@ class MemoryServer:
         self.sock.close()
 
 
-def curl_time(url: str, headers: tuple[str, ...] = ()) -> tuple[int, int, float]:
-    """(status, bytes, seconds) of one GET into /dev/null, timed by curl itself."""
-    cmd = ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code} %{size_download} %{time_total}",
-           url]
-    for h in headers:
-        cmd += ["-H", h]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=False).stdout.split()
-    return int(out[0]), int(out[1]), float(out[2])
-
-
-def settle() -> None:
-    """Write back every dirty page first: what the previous step (a push, another cache's
-    download) left for the disk would otherwise slow down whoever writes next."""
-    os.sync()
-    time.sleep(0.5)
-
-
-def cold_blob(c: Running, image: PushedImage, r: Result) -> None:
-    layer = image.layers[0]
-    settle()
-    status, n, secs = curl_time(f"http://{c.hostport}/v2/{image.repo}/blobs/{layer.digest}")
-    if (status, n) != (200, layer.size):
-        raise SystemExit(f"{c.name}: cold blob GET gave {status} with {n} of {layer.size} bytes")
-    r.cold_runs.append(layer.size / secs / 1e6)
+def cold_blob(c: Running, image: PushedImage, upstream_pid: int, r: Result) -> None:
+    g = cold_get(c.hostport, c.pid, image, upstream_pid)
+    r.cold.append(g)
+    r.cold_runs.append(g.mbs)
     r.cold_blob = statistics.median(r.cold_runs)
 
 
@@ -496,7 +453,8 @@ def side_by_side(names: list[str], upstream: RegistryProcess, images: Images,
         running = {n: stack.enter_context(start_cache(n, upstream.url, work, args.workers))
                    for n in names}
         if not args.pulls_only:
-            blobs(names, running, images, args, ceiling, results, direct)
+            assert upstream.pid is not None
+            blobs(names, running, images, args, ceiling, results, direct, upstream.pid)
         daemon = None
         if shutil.which("containerd") and shutil.which("ctr"):
             daemon = Containerd(work / "containerd")
@@ -531,7 +489,7 @@ def side_by_side(names: list[str], upstream: RegistryProcess, images: Images,
 
 def blobs(names: list[str], running: dict[str, Running], images: Images,
           args: argparse.Namespace, ceiling: MemoryServer, results: dict[str, Result],
-          direct: Direct) -> None:
+          direct: Direct, upstream_pid: int) -> None:
     """Each large layer cold once through every cache and straight from the upstream, then
     the first one warm, round-robin, with the client ceiling measured in every round."""
     for i, image in enumerate(images.bigs):  # round-robin, each blob cold
@@ -539,8 +497,7 @@ def blobs(names: list[str], running: dict[str, Running], images: Images,
             if n == "direct":
                 direct.measure(image)
             else:
-                cold_blob(running[n], image, results[n])
-    time.sleep(1.0)  # distribution and nginx finish writing their cache file after replying
+                cold_blob(running[n], image, upstream_pid, results[n])
     for n in names:
         check_warm_blob(running[n], images)
     for i in range(args.runs):
@@ -639,6 +596,13 @@ def report(results: dict[str, Result], images: Images, args: argparse.Namespace,
         row("cold blob MB/s (median)", lambda r: r.cold_blob, ".0f"),
         row(f"cold blob, share of direct upstream ({direct.median:.0f} MB/s, same rounds)",
             lambda r: r.cold_blob / direct.median if direct.median else 0.0, ".2f"),
+        row("  cache CPU-s/GB of a cold blob, to the answer (median)",
+            lambda r: statistics.median(g.cpu for g in r.cold) if r.cold else 0.0, ".2f", True),
+        row("  cache CPU-s/GB of a cold blob, after the answer (median)",
+            lambda r: statistics.median(g.after for g in r.cold) if r.cold else 0.0, ".2f", True),
+        row("  upstream bytes sent per byte of a cold blob (median)",
+            lambda r: statistics.median(g.upstream_sent for g in r.cold) if r.cold else 0.0,
+            ".2f", True),
         row("HEAD manifest by tag req/s (ab)", lambda r: r.head_rps, ".0f"),
         row("GET manifest by tag req/s (wrk)", lambda r: r.get_rps, ".0f"),
         *(pull_row for layout, name in PULL_NAMES.items() for pull_row in pull_rows(layout, name)),

@@ -26,7 +26,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from bench.common import concurrently, curl_get
-from bench.compare import CONTAINERD_ACCEPT, curl_time
+from bench.compare import CONTAINERD_ACCEPT
+from bench.measure import curl_time
 from tests.support.certs import write_htpasswd
 from tests.support.images import ImagePusher, PushedImage, big_layer, layer_bytes
 from tests.support.mirror_proc import MirrorProcess, mirror_config
