@@ -71,12 +71,11 @@ def main() -> None:
         images = [p.push_image(f"bench/cold{i}", "1", [big_layer(args.mb, seed=f"cold{i}-{args.mb}")])
                   for i in range(args.layers)]
         runs: dict[str, list[ColdGet]] = {n: [] for n in names}
-        assert upstream.pid is not None
         with ExitStack() as stack:
             running = {n: stack.enter_context(start(n, upstream, work, args.tree)) for n in names}
             for i, image in enumerate(images):
                 for n in rotated(names, i):
-                    runs[n].append(cold_get(running[n].hostport, running[n].pid, image, upstream.pid))
+                    runs[n].append(cold_get(running[n].hostport, running[n].pid, image, upstream))
                 print(f"   round {i}: " + ", ".join(f"{n} {runs[n][-1].mbs:.0f}" for n in names),
                       flush=True)
             rss = {n: tree_rss_mib(c.pid) for n, c in running.items() if c.pid}

@@ -29,9 +29,11 @@ change in background load hits all of them alike. Measured:
 - herd: 20 clients pull a cold image at once (manifest, config, layers), through a fresh
   instance of each cache whose upstream traffic passes a RecordingProxy tap that counts the
   bytes; --herds images one after the other, median wall time, bytes per herd
-- before every cold measurement, os.sync() and a wait until the machine is idle: dirty pages
-  another step left (pushes, another cache's download) and a cache still busy after its
-  answer would otherwise slow down the next cache measured
+- before every cold measurement, the upstream's file of the layer is read into the page cache
+  (else the first cache of a round, or the caches given older layers, wait for the upstream's
+  disk), then os.sync() and a wait until the machine is idle: dirty pages another step left
+  (pushes, another cache's download) and a cache still busy after its answer would otherwise
+  slow down the next cache measured
 - peak RSS: VmHWM summed over the cache's processes (master and workers)
 
 Run by hand on a quiet machine (check `uptime`); never in CI."""
@@ -57,7 +59,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.common import MiB, concurrently, get_hashed, table
-from bench.measure import ColdGet, cold_get, curl_time, process_tree, settle, tree_cpu_seconds, tree_rss_mib
+from bench.measure import (
+    ColdGet,
+    cold_get,
+    curl_time,
+    process_tree,
+    settle,
+    tree_cpu_seconds,
+    tree_rss_mib,
+    warm_file,
+)
 from bench.nginx import NginxCache
 from tests.support.daemons import Containerd
 from tests.support.images import MT_DOCKER_MANIFEST, ImagePusher, PushedImage, big_layer
@@ -202,8 +213,9 @@ class Direct:
     def median(self) -> float:
         return statistics.median(self.runs) if self.runs else 0.0
 
-    def measure(self, image: PushedImage) -> None:
+    def measure(self, image: PushedImage, upstream: RegistryProcess) -> None:
         layer = image.layers[0]
+        warm_file(upstream.blob_path(layer.digest))
         settle()
         status, n, secs = curl_time(f"{self.url}/v2/{image.repo}/blobs/{layer.digest}")
         if (status, n) != (200, layer.size):
@@ -256,8 +268,8 @@ class MemoryServer:
         self.sock.close()
 
 
-def cold_blob(c: Running, image: PushedImage, upstream_pid: int, r: Result) -> None:
-    g = cold_get(c.hostport, c.pid, image, upstream_pid)
+def cold_blob(c: Running, image: PushedImage, upstream: RegistryProcess, r: Result) -> None:
+    g = cold_get(c.hostport, c.pid, image, upstream)
     r.cold.append(g)
     r.cold_runs.append(g.mbs)
     r.cold_blob = statistics.median(r.cold_runs)
@@ -453,8 +465,7 @@ def side_by_side(names: list[str], upstream: RegistryProcess, images: Images,
         running = {n: stack.enter_context(start_cache(n, upstream.url, work, args.workers))
                    for n in names}
         if not args.pulls_only:
-            assert upstream.pid is not None
-            blobs(names, running, images, args, ceiling, results, direct, upstream.pid)
+            blobs(names, running, images, args, ceiling, results, direct, upstream)
         daemon = None
         if shutil.which("containerd") and shutil.which("ctr"):
             daemon = Containerd(work / "containerd")
@@ -489,15 +500,15 @@ def side_by_side(names: list[str], upstream: RegistryProcess, images: Images,
 
 def blobs(names: list[str], running: dict[str, Running], images: Images,
           args: argparse.Namespace, ceiling: MemoryServer, results: dict[str, Result],
-          direct: Direct, upstream_pid: int) -> None:
+          direct: Direct, upstream: RegistryProcess) -> None:
     """Each large layer cold once through every cache and straight from the upstream, then
     the first one warm, round-robin, with the client ceiling measured in every round."""
     for i, image in enumerate(images.bigs):  # round-robin, each blob cold
         for n in rotated([*names, "direct"], i):
             if n == "direct":
-                direct.measure(image)
+                direct.measure(image, upstream)
             else:
-                cold_blob(running[n], image, upstream_pid, results[n])
+                cold_blob(running[n], image, upstream, results[n])
     for n in names:
         check_warm_blob(running[n], images)
     for i in range(args.runs):

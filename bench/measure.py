@@ -11,6 +11,7 @@ from pathlib import Path
 
 from bench.common import peak_rss_mib
 from tests.support.images import PushedImage
+from tests.support.registry import RegistryProcess
 
 
 def process_tree(pid: int) -> list[int]:
@@ -88,12 +89,15 @@ class ColdGet:
     upstream_sent: float  # bytes the upstream wrote to sockets, per byte of the layer
 
 
-def cold_get(hostport: str, pid: int, image: PushedImage, upstream_pid: int) -> ColdGet:
+def cold_get(hostport: str, pid: int, image: PushedImage, upstream: RegistryProcess) -> ColdGet:
     """One cold GET, and what it cost the cache and the upstream, counted until the machine
     is quiet again: a cache may go on working after its answer (distribution's proxy fetches
     the blob a second time to store it, bench/README.md)."""
     layer = image.layers[0]
+    warm_file(upstream.blob_path(layer.digest))
     settle()
+    assert upstream.pid is not None
+    upstream_pid = upstream.pid
     c0 = tree_cpu_seconds(pid) if pid else 0.0
     u0, w0 = tree_cpu_seconds(upstream_pid), written_bytes(upstream_pid)
     status, n, secs = curl_time(f"http://{hostport}/v2/{image.repo}/blobs/{layer.digest}")
@@ -106,6 +110,14 @@ def cold_get(hostport: str, pid: int, image: PushedImage, upstream_pid: int) -> 
     return ColdGet(layer.size / secs / 1e6, (c1 - c0) / gb, (c2 - c1) / gb,
                    (tree_cpu_seconds(upstream_pid) - u0) / gb,
                    (written_bytes(upstream_pid) - w0) / layer.size)
+
+
+def warm_file(path: Path) -> None:
+    """Read a file into the page cache: the upstream then serves each cold layer from memory,
+    whichever cache asks (a layer pushed long ago may have left the page cache)."""
+    with open(path, "rb") as f:
+        while f.read(8 * 1024 * 1024):
+            pass
 
 
 def written_bytes(pid: int) -> int:

@@ -108,6 +108,11 @@ class RegistryProcess:
     def storage_dir(self) -> Path:
         return self.root / "storage"
 
+    def blob_path(self, digest: str) -> Path:
+        """Where the filesystem driver keeps a pushed blob's bytes."""
+        algo, hexpart = digest.split(":", 1)
+        return self.storage_dir / "docker/registry/v2/blobs" / algo / hexpart[:2] / hexpart / "data"
+
     @property
     def config_path(self) -> Path:
         return self.root / "config.yml"
