@@ -6,10 +6,11 @@ Starts CNCF distribution as the upstream, pushes --layers layers of --mb MiB (ot
 and starts every cache at once in front of it: `mirror` (this checkout, one process),
 `tree1`, `tree2`, ... (the checkouts given with --tree, for an A/B), distribution in proxy
 mode, nginx proxy_cache, and `direct` (curl straight from the upstream). Each layer is fetched
-once through every cache, round-robin (round i starts with the next cache), after os.sync();
+once through every cache, round-robin (round i starts with the next cache), after
+bench.measure.settle();
 reported: MB/s per cache, median over the layers, mirror's ratio to each, the CPU seconds per
 GB of each cache's processes until the client has the last byte and after it (until the
-machine is quiet: bench.compare.settle), the upstream's CPU seconds per GB and the bytes it
+machine is quiet), the upstream's CPU seconds per GB and the bytes it
 sent per byte of the layer, and the peak RSS of each cache's processes.
 
 Run by hand (check `uptime`); never in CI."""

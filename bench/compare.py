@@ -67,7 +67,6 @@ from bench.measure import (
     settle,
     tree_cpu_seconds,
     tree_rss_mib,
-    warm_file,
 )
 from bench.nginx import NginxCache
 from tests.support.daemons import Containerd
@@ -214,13 +213,8 @@ class Direct:
         return statistics.median(self.runs) if self.runs else 0.0
 
     def measure(self, image: PushedImage, upstream: RegistryProcess) -> None:
-        layer = image.layers[0]
-        warm_file(upstream.blob_path(layer.digest))
-        settle()
-        status, n, secs = curl_time(f"{self.url}/v2/{image.repo}/blobs/{layer.digest}")
-        if (status, n) != (200, layer.size):
-            raise SystemExit(f"upstream: GET gave {status} with {n} of {layer.size} bytes")
-        self.runs.append(layer.size / secs / 1e6)
+        hostport = self.url.split("//", 1)[1]
+        self.runs.append(cold_get(hostport, 0, image, upstream).mbs)
 
 
 class MemoryServer:
