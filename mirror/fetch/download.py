@@ -74,7 +74,7 @@ async def download_into(client: UpstreamClient, repo: str, digest: Digest, fetch
             batch: list[bytes] = []
             batch_len = 0
             # aiohttp keeps its default buffer limit: a paused read holds one READ_SIZE read.
-            larger_reads(resp)
+            restore_reads = larger_reads(resp)
             try:
                 async for chunk, _ in resp.content.iter_chunks():
                     # Counted as received: bytes we skip or then reject still cost
@@ -112,16 +112,26 @@ async def download_into(client: UpstreamClient, repo: str, digest: Digest, fetch
                         f"{temp.written} bytes: {type(e).__name__}") from None
                 log.info("resuming %s from %s at byte %d after %s", digest, client.name,
                          temp.written, type(e).__name__)
+            finally:
+                restore_reads()
         finally:
             resp.release()
 
 
-def larger_reads(resp: aiohttp.ClientResponse) -> None:
-    """Read a body READ_SIZE bytes per recv (see READ_SIZE). `max_size` is the selector
-    transport's per-read limit; other transports (TLS, other loops) keep their own."""
+def larger_reads(resp: aiohttp.ClientResponse) -> Callable[[], None]:
+    """Read a body READ_SIZE bytes per recv (see READ_SIZE); returns what puts the limit back,
+    so the pooled connection's later replies (manifests, tokens) read as aiohttp chose.
+    `max_size` is the selector transport's per-read limit; other transports (TLS, other
+    loops) keep their own."""
     transport = resp.connection.transport if resp.connection is not None else None
-    if transport is not None and isinstance(getattr(transport, "max_size", None), int):
-        transport.max_size = max(transport.max_size, READ_SIZE)  # type: ignore[attr-defined]
+    before = getattr(transport, "max_size", None)
+    if transport is None or not isinstance(before, int) or before >= READ_SIZE:
+        return lambda: None
+    transport.max_size = READ_SIZE  # type: ignore[attr-defined]
+
+    def restore() -> None:
+        transport.max_size = before  # type: ignore[attr-defined]
+    return restore
 
 
 class AheadBudget:
