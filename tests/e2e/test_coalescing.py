@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import Fault, RecordingProxy, fetch
+from tests.support import Fault, RecordingProxy
 from tests.support.blobs import MiB, PushedBlob, concurrently, push_random_blob
-from tests.support.client import Reply
+from tests.support.client import Reply, hashed_get
 from tests.support.mirror_proc import MirrorProcess, mirror_config
 from tests.support.waiting import wait_for
 
@@ -35,11 +35,6 @@ def peak_rss_mib(proc: MirrorProcess) -> float:
             return int(line.split()[1]) / 1024
     raise AssertionError("no VmHWM")
 
-
-def hashed_get(url: str, headers: dict[str, str] | None = None) -> tuple[Reply, str]:
-    h = hashlib.sha256()
-    reply = fetch(url, headers=headers or {}, sink=h.update, timeout=120)
-    return reply, "sha256:" + h.hexdigest()
 
 
 def run_concurrently(n: int, fn: Callable[[int], object]) -> list[object]:

@@ -16,7 +16,8 @@ import pytest
 
 from tests.support import Fault, RecordingProxy, fetch
 from tests.support.blobs import MiB, PushedBlob, push_random_blob
-from tests.support.mirror_proc import MirrorProcess, mirror_config
+from tests.support.client import Reply, hashed_get
+from tests.support.mirror_proc import MirrorFleet, MirrorProcess, mirror_config
 
 pytestmark = pytest.mark.e2e
 MakeMirror = Callable[..., MirrorProcess]
@@ -25,23 +26,15 @@ ODD = 5 * MiB + 12345  # not on an O_DIRECT block boundary
 
 @pytest.fixture
 def make_mirror(tmp_path: Path) -> Iterator[MakeMirror]:
-    procs: list[MirrorProcess] = []
+    with MirrorFleet(tmp_path) as fleet:
+        def make(upstream_url: str, **extra: Any) -> MirrorProcess:
+            extra.setdefault("prefetch", {"enabled": False})
+            # 1 MiB: the 24 MiB blob is written O_DIRECT whatever the default becomes.
+            extra.setdefault("cache", {"dir": str(tmp_path / "cache"), "direct_io": "1MiB"})
+            return fleet.start(mirror_config({"docker.io": upstream_url}, tmp_path / "cache",
+                                             **extra))
 
-    def make(upstream_url: str, **extra: Any) -> MirrorProcess:
-        extra.setdefault("prefetch", {"enabled": False})
-        # 1 MiB: the 24 MiB blob is written O_DIRECT whatever the default becomes.
-        extra.setdefault("cache", {"dir": str(tmp_path / "cache"), "direct_io": "1MiB"})
-        cfg = mirror_config({"docker.io": upstream_url}, tmp_path / "cache", **extra)
-        proc = MirrorProcess(cfg, workdir=tmp_path / f"m{len(procs)}")
-        procs.append(proc)
-        return proc.start()
-
-    yield make
-    for p in procs:
-        died = p.proc is not None and p.proc.poll() is not None
-        p.stop()
-        assert not died, p.log_text()[-3000:]
-        assert "Traceback" not in p.log_text(), p.log_text()[-3000:]
+        yield make
 
 
 @pytest.fixture
@@ -53,18 +46,6 @@ def cached(mirror: MirrorProcess, digest: str) -> Path:
     return mirror.workdir.parent / "cache" / "blobs" / "sha256" / digest[7:9] / digest[7:]
 
 
-def hashed(url: str, sink: Callable[[bytes], object] | None = None,
-           **kw: Any) -> tuple[int | None, str, Exception | None]:
-    h = hashlib.sha256()
-
-    def take(piece: bytes) -> None:
-        if sink is not None:
-            sink(piece)
-        h.update(piece)
-
-    r = fetch(url, sink=take, timeout=120, **kw)
-    return r.status, "sha256:" + h.hexdigest(), r.error
-
 
 @pytest.mark.parametrize("mode", ["reset", "truncate"])
 def test_a_break_off_the_block_boundary_resumes_and_verifies(
@@ -72,8 +53,8 @@ def test_a_break_off_the_block_boundary_resumes_and_verifies(
         mode: str) -> None:
     mirror = make_mirror(registry_tap.url)
     registry_tap.set_fault(Fault(mode=mode, offset=ODD, match="/blobs/", count=1))  # type: ignore[arg-type]
-    status, digest, err = hashed(f"{mirror.url}/v2/{blob.repo}/blobs/{blob.digest}")
-    assert (status, err, digest) == (200, None, blob.digest)
+    r, digest = hashed_get(f"{mirror.url}/v2/{blob.repo}/blobs/{blob.digest}")
+    assert (r.status, r.error, digest) == (200, None, blob.digest)
     gets = registry_tap.filter(method="GET", kind="blob")
     # Resumed from what had arrived whole: an RST drops what the socket held, and aiohttp
     # drops what it buffered when the body breaks, so up to ODD, wherever that falls.
@@ -94,8 +75,8 @@ def test_a_wrong_byte_is_never_served_whole_nor_kept(make_mirror: MakeMirror,
     assert r.error is not None, "a body that failed its digest must end broken"
     assert not cached(mirror, blob.digest).exists()
     assert not list((mirror.workdir.parent / "cache" / "tmp").iterdir())
-    status, digest, err = hashed(url)  # the next request fetches again, and it verifies
-    assert (status, err, digest) == (200, None, blob.digest)
+    r, digest = hashed_get(url)  # the next request fetches again, and it verifies
+    assert (r.status, r.error, digest) == (200, None, blob.digest)
 
 
 def test_a_reader_far_behind_gets_every_byte_from_the_file(make_mirror: MakeMirror,
@@ -113,14 +94,15 @@ def test_a_reader_far_behind_gets_every_byte_from_the_file(make_mirror: MakeMirr
             paused.set()
             time.sleep(0.6)  # about 14 MiB go by meanwhile: far past what memory keeps
 
-    results: dict[str, tuple[int | None, str, Exception | None]] = {}
-    slow = threading.Thread(target=lambda: results.update(slow=hashed(url, sink=pause_once)))
+    results: dict[str, tuple[Reply, str]] = {}
+    slow = threading.Thread(target=lambda: results.update(slow=hashed_get(url, sink=pause_once)))
     slow.start()
     assert paused.wait(30)
-    results["fast"] = hashed(url)
+    results["fast"] = hashed_get(url)
     slow.join(120)
-    for name in ("slow", "fast"):
-        assert results[name] == (200, blob.digest, None), name
+    for name, (reply, digest) in results.items():
+        assert (reply.status, reply.error, digest) == (200, None, blob.digest), name
+    assert len(results) == 2
     assert registry_tap.count(method="GET", kind="blob") == 1
 
 
@@ -130,13 +112,14 @@ def test_a_range_asked_during_the_download_is_exact(make_mirror: MakeMirror,
     mirror = make_mirror(registry_tap.url)
     registry_tap.set_fault(Fault(mode="slow", rate=16 * MiB, match="/blobs/"))
     url = f"{mirror.url}/v2/{blob.repo}/blobs/{blob.digest}"
-    whole: dict[str, tuple[int | None, str, Exception | None]] = {}
-    t = threading.Thread(target=lambda: whole.update(r=hashed(url)))
+    whole: dict[str, tuple[Reply, str]] = {}
+    t = threading.Thread(target=lambda: whole.update(r=hashed_get(url)))
     t.start()
     time.sleep(0.3)
     lo, hi = ODD, 3 * ODD  # crosses block boundaries, ends before the last byte
     r = fetch(url, headers={"Range": f"bytes={lo}-{hi}"}, timeout=120)
     t.join(120)
     assert r.status == 206 and r.error is None and r.body == blob.slice(lo, hi)
-    assert whole["r"] == (200, blob.digest, None)
+    reply, digest = whole["r"]
+    assert (reply.status, reply.error, digest) == (200, None, blob.digest)
     assert registry_tap.count(method="GET", kind="blob") == 1

@@ -19,9 +19,10 @@ import pytest
 
 from tests.support import Catalog, FakeRegistry, Fault, RecordingProxy, fetch
 from tests.support.blobs import MiB, PushedBlob, push_random_blob
+from tests.support.client import hashed_get
 from tests.support.images import synthetic_layer
 from tests.support.mirror_app import ALL_MANIFEST_TYPES
-from tests.support.mirror_proc import MirrorProcess, mirror_config
+from tests.support.mirror_proc import MirrorFleet, MirrorProcess, mirror_config
 from tests.support.tmpfs import tmpfs
 from tests.support.verify import verify_dir_copy
 
@@ -32,25 +33,15 @@ MakeMirror = Callable[..., MirrorProcess]
 
 @pytest.fixture
 def make_mirror(tmp_path: Path) -> Iterator[MakeMirror]:
-    procs: list[MirrorProcess] = []
+    with MirrorFleet(tmp_path) as fleet:
+        def make(upstream_url: str, name: str = "m", upstream: dict[str, Any] | None = None,
+                 **extra: Any) -> MirrorProcess:
+            extra.setdefault("prefetch", {"enabled": False})
+            cfg = mirror_config({"docker.io": upstream_url}, tmp_path / "cache", **extra)
+            cfg["upstreams"]["docker.io"].update(upstream or {})
+            return fleet.start(cfg, name)
 
-    def make(upstream_url: str, name: str = "m", upstream: dict[str, Any] | None = None,
-             **extra: Any) -> MirrorProcess:
-        extra.setdefault("prefetch", {"enabled": False})
-        cfg = mirror_config({"docker.io": upstream_url}, tmp_path / "cache", **extra)
-        cfg["upstreams"]["docker.io"].update(upstream or {})
-        proc = MirrorProcess(cfg, workdir=tmp_path / f"{name}{len(procs)}")
-        procs.append(proc)
-        return proc.start()
-
-    yield make
-    for p in procs:
-        # A mirror the test did not stop or kill itself must have survived every fault.
-        died = p.proc is not None and p.proc.poll() is not None
-        code = p.proc.returncode if p.proc is not None else None
-        p.stop()
-        assert not died, f"mirror exited {code} during the test:\n{p.log_text()[-3000:]}"
-        assert "Traceback" not in p.log_text(), p.log_text()[-3000:]
+        yield make
 
 
 def metric(mirror: MirrorProcess, name: str, **labels: str) -> float:
@@ -195,11 +186,6 @@ def blob(registry_tap: RecordingProxy, tmp_path: Path) -> PushedBlob:
     return push_random_blob(registry_tap.target, "test/faults", 24 * MiB, tmp_path)
 
 
-def hashed(url: str, **kw: Any) -> tuple[int | None, str, Exception | None]:
-    h = hashlib.sha256()
-    r = fetch(url, sink=h.update, timeout=120, **kw)
-    return r.status, "sha256:" + h.hexdigest(), r.error
-
 
 def test_stalled_upstream_is_timed_out_and_resumed(make_mirror: MakeMirror,
                                                    registry_tap: RecordingProxy,
@@ -207,8 +193,8 @@ def test_stalled_upstream_is_timed_out_and_resumed(make_mirror: MakeMirror,
     mirror = make_mirror(registry_tap.url, upstream={"read_timeout": "1s"})
     registry_tap.set_fault(Fault(mode="stall", offset=4 * MiB, seconds=30, match="/blobs/",
                                  count=1))
-    status, digest, err = hashed(f"{mirror.url}/v2/{blob.repo}/blobs/{blob.digest}")
-    assert status == 200 and err is None and digest == blob.digest
+    r, digest = hashed_get(f"{mirror.url}/v2/{blob.repo}/blobs/{blob.digest}")
+    assert (r.status, r.error, digest) == (200, None, blob.digest)
     gets = registry_tap.filter(method="GET", kind="blob")
     assert len(gets) == 2 and (gets[1].header("Range") or "").startswith("bytes=")
 
@@ -224,8 +210,8 @@ def test_stalled_client_does_not_block_other_readers(make_mirror: MakeMirror,
     stalled.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())  # then never reads
     try:
         for _ in range(2):
-            status, digest, err = hashed(mirror.url + path)
-            assert status == 200 and err is None and digest == blob.digest
+            r, digest = hashed_get(mirror.url + path)
+            assert (r.status, r.error, digest) == (200, None, blob.digest)
     finally:
         stalled.close()
     assert registry_tap.count(method="GET", kind="blob") == 1
@@ -244,8 +230,8 @@ def test_full_disk_streams_through_uncached(make_mirror: MakeMirror, registry_ta
     mirror = make_mirror(registry_tap.url, cache={"dir": str(small_disk)})
     url = f"{mirror.url}/v2/{blob.repo}/blobs/{blob.digest}"  # 24 MiB > 20 MiB disk
     for _ in range(2):
-        status, digest, err = hashed(url)
-        assert status == 200 and err is None and digest == blob.digest
+        r, digest = hashed_get(url)
+        assert (r.status, r.error, digest) == (200, None, blob.digest)
     assert metric(mirror, "mirror_cache_write_errors_total") >= 1
     assert not list((small_disk / "tmp").iterdir())
     # small content still caches, the process is up
@@ -281,6 +267,6 @@ def test_kill_9_during_download_leaves_no_trace(make_mirror: MakeMirror,
     assert not list((cache / "tmp").iterdir()), "leftovers must be swept at start"
     final = cache / "blobs" / "sha256" / blob.digest[7:9] / blob.digest[7:]
     assert not final.exists()
-    status, digest, err = hashed(mirror.url + path)
-    assert status == 200 and err is None and digest == blob.digest
+    r, digest = hashed_get(mirror.url + path)
+    assert (r.status, r.error, digest) == (200, None, blob.digest)
     assert final.exists()

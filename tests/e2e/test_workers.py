@@ -6,7 +6,6 @@ downloads, and the other one has the shared part file open while it serves its c
 
 from __future__ import annotations
 
-import hashlib
 import os
 import signal
 import sqlite3
@@ -19,7 +18,7 @@ import pytest
 
 from tests.support import Fault, RecordingProxy, fetch
 from tests.support.blobs import MiB, PushedBlob, push_random_blob
-from tests.support.client import Reply
+from tests.support.client import Reply, hashed_get
 from tests.support.images import ALL_MANIFEST_TYPES, Catalog
 from tests.support.mirror_proc import MirrorProcess, mirror_config
 from tests.support.promtext import scrape
@@ -77,11 +76,6 @@ def tag_row(mirror: MirrorProcess, repo: str, tag: str | None) -> str | None:
                            "tag=?", (repo, tag)).fetchone()
     return str(row[0]) if row else None
 
-
-def hashed_get(url: str) -> tuple[Reply, str]:
-    h = hashlib.sha256()
-    reply = fetch(url, sink=h.update, timeout=120)
-    return reply, "sha256:" + h.hexdigest()
 
 
 class Clients:

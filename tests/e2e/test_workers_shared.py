@@ -20,10 +20,11 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.test_workers import children, hashed_get
+from tests.e2e.test_workers import children
 from tests.support import RecordingProxy, fetch
 from tests.support.blobs import MiB, PushedBlob, push_random_blob
 from tests.support.certs import write_htpasswd
+from tests.support.client import hashed_get
 from tests.support.mirror_proc import MirrorProcess, mirror_config
 from tests.support.pulls import du, metric
 from tests.support.waiting import wait_for

@@ -5,6 +5,7 @@ Fault tests need to see partial bodies and the exact failure, which urllib hides
 
 from __future__ import annotations
 
+import hashlib
 import http.client
 import time
 import urllib.parse
@@ -74,3 +75,19 @@ def fetch(
     finally:
         conn.close()
     return Reply(status, hdrs, b"".join(chunks), size, error, time.monotonic() - t0)
+
+
+def hashed_get(url: str, headers: Mapping[str, str] | Iterable[tuple[str, str]] = (),
+               sink: Callable[[bytes], object] | None = None,
+               timeout: float = 120.0) -> tuple[Reply, str]:
+    """GET `url` hashing the body as it arrives (constant memory for big blobs): the reply
+    (body left empty) and "sha256:<hex>" of what arrived. `sink` also sees every piece."""
+    h = hashlib.sha256()
+
+    def take(piece: bytes) -> None:
+        if sink is not None:
+            sink(piece)
+        h.update(piece)
+
+    reply = fetch(url, headers=headers, sink=take, timeout=timeout)
+    return reply, "sha256:" + h.hexdigest()

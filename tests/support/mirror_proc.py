@@ -126,3 +126,36 @@ class MirrorProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+class MirrorFleet:
+    """The mirror processes one test starts, each in its own work dir under `root`. On close
+    all are stopped; then each that the test did not stop or kill itself must still have been
+    up (it survived whatever the test did) and none may have logged a traceback."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.procs: list[MirrorProcess] = []
+
+    def start(self, config: dict[str, Any], name: str = "m") -> MirrorProcess:
+        proc = MirrorProcess(config, workdir=self.root / f"{name}{len(self.procs)}")
+        self.procs.append(proc)
+        return proc.start()
+
+    def close(self) -> None:
+        problems = []
+        for p in self.procs:
+            code = p.proc.poll() if p.proc is not None else None
+            p.stop()
+            log = p.log_text()
+            if code is not None:
+                problems.append(f"{p.workdir.name} exited {code} during the test:\n{log[-3000:]}")
+            elif "Traceback" in log:
+                problems.append(f"{p.workdir.name} logged a traceback:\n{log[-3000:]}")
+        assert not problems, "\n\n".join(problems)
+
+    def __enter__(self) -> MirrorFleet:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
