@@ -137,9 +137,7 @@ class Pulls:
 @dataclass
 class Result:
     cache: str
-    cold_blob: float = 0.0  # MB/s, median of runs
-    cold_runs: list[float] = field(default_factory=list)
-    cold: list[ColdGet] = field(default_factory=list)  # what each cold GET cost
+    cold: list[ColdGet] = field(default_factory=list)  # each cold GET: MB/s and what it cost
     warm_blob: float = 0.0  # MB/s, median of runs
     warm_runs: list[float] = field(default_factory=list)
     head_rps: float = 0.0
@@ -153,6 +151,14 @@ class Result:
     herd_upstream_gets: float = 0.0  # per herd (mean)
     rss_mib: float = 0.0
     notes: list[str] = field(default_factory=list)
+
+    @property
+    def cold_runs(self) -> list[float]:  # MB/s of each cold GET
+        return [g.mbs for g in self.cold]
+
+    @property
+    def cold_blob(self) -> float:  # MB/s, median of the cold GETs
+        return statistics.median(self.cold_runs) if self.cold else 0.0
 
 
 # -- the caches ---------------------------------------------------------------------------------
@@ -262,11 +268,9 @@ class MemoryServer:
         self.sock.close()
 
 
-def cold_blob(c: Running, image: PushedImage, upstream: RegistryProcess, r: Result) -> None:
+def measure_cold_blob(c: Running, image: PushedImage, upstream: RegistryProcess, r: Result) -> None:
     g = cold_get(c.hostport, c.pid, image, upstream)
     r.cold.append(g)
-    r.cold_runs.append(g.mbs)
-    r.cold_blob = statistics.median(r.cold_runs)
 
 
 def check_warm_blob(c: Running, images: Images) -> None:
@@ -502,7 +506,7 @@ def blobs(names: list[str], running: dict[str, Running], images: Images,
             if n == "direct":
                 direct.measure(image, upstream)
             else:
-                cold_blob(running[n], image, upstream, results[n])
+                measure_cold_blob(running[n], image, upstream, results[n])
     for n in names:
         check_warm_blob(running[n], images)
     for i in range(args.runs):
