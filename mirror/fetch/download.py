@@ -31,10 +31,14 @@ MAX_AHEAD = 4 * 1024 * 1024
 # Bytes all of a process's downloads may hold so, together (AheadBudget): prefetches on the
 # two low-priority threads fall behind their reads as a rule, and each held its MAX_AHEAD.
 AHEAD_BUDGET = 2 * MAX_AHEAD
-# Bytes asked of the socket per read of a blob body. asyncio reads 256 KiB at a time; each read
-# costs a bytes object, the HTTP parser's copy of it and a wakeup, which at several hundred
-# MB/s weigh more than the bytes (1 MiB: +13% cold throughput, bench/README.md).
+# Bytes asked of the socket per read of a blob body, shared by the bodies being read at once
+# (AheadBudget.read_size). asyncio reads 256 KiB at a time; each read costs a bytes object,
+# the HTTP parser's copy of it and a wakeup, which at several hundred MB/s weigh more than the
+# bytes (1 MiB: +13% cold throughput). Several downloads share the link and the CPUs, so
+# each gets less per read anyway, while every 1 MiB read buffer was held in full: five
+# layers at once peaked 8-10 MiB higher than with 256 KiB reads (bench/README.md).
 READ_SIZE = 1024 * 1024
+MIN_READ = 256 * 1024  # asyncio's own per-read size
 # Batches a lane's worker job takes before it gives its pool thread back (_Lane._work): the
 # pools are shared by every download and by other file work (fsyncs, commits).
 TURN = 2
@@ -73,8 +77,8 @@ async def download_into(client: UpstreamClient, repo: str, digest: Digest, fetch
             received = metrics.upstream_bytes.labels(client.name)
             batch: list[bytes] = []
             batch_len = 0
-            # aiohttp keeps its default buffer limit: a paused read holds one READ_SIZE read.
-            restore_reads = larger_reads(resp)
+            # aiohttp keeps its default buffer limit: a paused read holds one read.
+            reads = BodyReads(resp, writer.budget)
             try:
                 async for chunk, _ in resp.content.iter_chunks():
                     # Counted as received: bytes we skip or then reject still cost
@@ -93,6 +97,7 @@ async def download_into(client: UpstreamClient, repo: str, digest: Digest, fetch
                     if batch_len >= WRITE_BATCH:
                         await writer.submit(batch)
                         batch, batch_len = [], 0
+                        reads.adjust()
                 if batch:
                     await writer.submit(batch)
                     batch = []
@@ -113,25 +118,39 @@ async def download_into(client: UpstreamClient, repo: str, digest: Digest, fetch
                 log.info("resuming %s from %s at byte %d after %s", digest, client.name,
                          temp.written, type(e).__name__)
             finally:
-                restore_reads()
+                reads.close()
         finally:
             resp.release()
 
 
-def larger_reads(resp: aiohttp.ClientResponse) -> Callable[[], None]:
-    """Read a body READ_SIZE bytes per recv (see READ_SIZE); returns what puts the limit back,
-    so the pooled connection's later replies (manifests, tokens) read as aiohttp chose.
-    `max_size` is the selector transport's per-read limit; other transports (TLS, other
-    loops) keep their own."""
-    transport = resp.connection.transport if resp.connection is not None else None
-    before = getattr(transport, "max_size", None)
-    if transport is None or not isinstance(before, int) or before >= READ_SIZE:
-        return lambda: None
-    transport.max_size = READ_SIZE  # type: ignore[attr-defined]
+class BodyReads:
+    """The socket reads of one blob body: READ_SIZE bytes per recv, shared with the other
+    bodies being read (see READ_SIZE), set again after each batch as downloads come and go;
+    `close` puts back the transport's own size, so the pooled connection's later replies
+    (manifests, tokens) read as aiohttp chose. `max_size` is the selector transport's
+    per-read limit; other transports (TLS, other loops) keep their own."""
 
-    def restore() -> None:
-        transport.max_size = before  # type: ignore[attr-defined]
-    return restore
+    def __init__(self, resp: aiohttp.ClientResponse, budget: AheadBudget) -> None:
+        self._budget = budget
+        transport = resp.connection.transport if resp.connection is not None else None
+        before = getattr(transport, "max_size", None)
+        self._transport, self._before = (transport, before) if isinstance(before, int) else (
+            None, 0)
+        budget.reading += 1
+        self._open = True
+        self.adjust()
+
+    def adjust(self) -> None:
+        if self._transport is not None:
+            size = max(self._before, self._budget.read_size())
+            self._transport.max_size = size  # type: ignore[attr-defined]
+
+    def close(self) -> None:
+        if self._open:
+            self._open = False
+            self._budget.reading -= 1
+            if self._transport is not None:
+                self._transport.max_size = self._before  # type: ignore[attr-defined]
 
 
 class AheadBudget:
@@ -142,7 +161,12 @@ class AheadBudget:
     def __init__(self, limit: int = AHEAD_BUDGET) -> None:
         self.limit = limit
         self.used = 0
+        self.reading = 0  # blob bodies being read from upstreams (BodyReads)
         self._waiters: list[asyncio.Future[None]] = []
+
+    def read_size(self) -> int:
+        """Bytes per recv for each body being read: READ_SIZE shared, at least MIN_READ."""
+        return max(MIN_READ, READ_SIZE // max(1, self.reading))
 
     def change(self, delta: int) -> None:
         self.used += delta
@@ -267,7 +291,7 @@ class WriteBehind:
     def __init__(self, fetch: BlobFetch, background: Callable[[], Executor] | None = None,
                  direct_min: int | None = None, budget: AheadBudget | None = None) -> None:
         self._fetch = fetch
-        self._budget = budget if budget is not None else AheadBudget()
+        self.budget = budget if budget is not None else AheadBudget()
         self._held = 0  # bytes of ours counted in the budget
         self._background = background  # executor for batches that no client is reading yet
         self._direct_min = direct_min  # blobs of at least this size are written O_DIRECT
@@ -295,7 +319,7 @@ class WriteBehind:
         held = 0 if stopped else max(self._write.backlog, self._hash.backlog)
         delta, self._held = held - self._held, held
         if delta:
-            self._budget.change(delta)
+            self.budget.change(delta)
 
     async def submit(self, chunks: list[bytes]) -> None:
         if self._direct_min is not None and self.queued == 0 and (
@@ -309,7 +333,7 @@ class WriteBehind:
         self._settle()
         await self._write.wait_below(MAX_AHEAD)
         await self._hash.wait_below(MAX_AHEAD)
-        budget = self._budget
+        budget = self.budget
         while budget.used > budget.limit and self._held:  # a failed lane holds nothing
             await budget.changed()
 
