@@ -15,8 +15,9 @@ from typing import Literal
 
 import aiohttp
 
+from mirror.fetch.budget import AheadBudget
 from mirror.fetch.coalesce import BlobFetch
-from mirror.fetch.download import AheadBudget, WriteBehind, download_into, lower_priority
+from mirror.fetch.download import WriteBehind, download_into, lower_priority
 from mirror.fetch.handles import BlobHandle as BlobHandle
 from mirror.fetch.handles import CommittedFile as CommittedFile
 from mirror.fetch.handles import Download as Download

@@ -15,6 +15,7 @@ from typing import Any
 
 import aiohttp
 
+from mirror.fetch.budget import MAX_AHEAD, AheadBudget, BodyReads
 from mirror.fetch.coalesce import BlobFetch
 from mirror.observe.metrics import Metrics
 from mirror.oci.errors import BlobUnknown, DiskFull, UpstreamRejected, UpstreamUnavailable, VerificationError
@@ -26,19 +27,6 @@ log = logging.getLogger("mirror.fetch.download")
 WRITE_BATCH = 2 * 1024 * 1024  # bytes gathered before they go to the write and hash lanes
 SYNC_EVERY = 32 * 1024 * 1024  # bytes written between background fdatasyncs of a download
 RESUME_ATTEMPTS = 3
-# Bytes a download's write or hash may fall behind its reads (held in memory meanwhile).
-MAX_AHEAD = 4 * 1024 * 1024
-# Bytes all of a process's downloads may hold so, together (AheadBudget): prefetches on the
-# two low-priority threads fall behind their reads as a rule, and each held its MAX_AHEAD.
-AHEAD_BUDGET = 2 * MAX_AHEAD
-# Bytes asked of the socket per read of a blob body, shared by the bodies being read at once
-# (AheadBudget.read_size). asyncio reads 256 KiB at a time; each read costs a bytes object,
-# the HTTP parser's copy of it and a wakeup, which at several hundred MB/s weigh more than the
-# bytes (1 MiB: +13% cold throughput). Several downloads share the link and the CPUs, so
-# each gets less per read anyway, while every 1 MiB read buffer was held in full: five
-# layers at once peaked 8-10 MiB higher than with 256 KiB reads (bench/README.md).
-READ_SIZE = 1024 * 1024
-MIN_READ = 256 * 1024  # asyncio's own per-read size
 # Batches a lane's worker job takes before it gives its pool thread back (_Lane._work): the
 # pools are shared by every download and by other file work (fsyncs, commits).
 TURN = 2
@@ -121,65 +109,6 @@ async def download_into(client: UpstreamClient, repo: str, digest: Digest, fetch
                 reads.close()
         finally:
             resp.release()
-
-
-class BodyReads:
-    """The socket reads of one blob body: READ_SIZE bytes per recv, shared with the other
-    bodies being read (see READ_SIZE), set again after each batch as downloads come and go;
-    `close` puts back the transport's own size, so the pooled connection's later replies
-    (manifests, tokens) read as aiohttp chose. `max_size` is the selector transport's
-    per-read limit; other transports (TLS, other loops) keep their own."""
-
-    def __init__(self, resp: aiohttp.ClientResponse, budget: AheadBudget) -> None:
-        self._budget = budget
-        transport = resp.connection.transport if resp.connection is not None else None
-        before = getattr(transport, "max_size", None)
-        self._transport, self._before = (transport, before) if isinstance(before, int) else (
-            None, 0)
-        budget.reading += 1
-        self._open = True
-        self.adjust()
-
-    def adjust(self) -> None:
-        if self._transport is not None:
-            size = max(self._before, self._budget.read_size())
-            self._transport.max_size = size  # type: ignore[attr-defined]
-
-    def close(self) -> None:
-        if self._open:
-            self._open = False
-            self._budget.reading -= 1
-            if self._transport is not None:
-                self._transport.max_size = self._before  # type: ignore[attr-defined]
-
-
-class AheadBudget:
-    """The bytes a process's downloads hold between their reads and their lanes. Over the
-    limit, a download reads on only once its own batches are done: each keeps going, one
-    batch at a time, and memory stays near the limit however many downloads run."""
-
-    def __init__(self, limit: int = AHEAD_BUDGET) -> None:
-        self.limit = limit
-        self.used = 0
-        self.reading = 0  # blob bodies being read from upstreams (BodyReads)
-        self._waiters: list[asyncio.Future[None]] = []
-
-    def read_size(self) -> int:
-        """Bytes per recv for each body being read: READ_SIZE shared, at least MIN_READ."""
-        return max(MIN_READ, READ_SIZE // max(1, self.reading))
-
-    def change(self, delta: int) -> None:
-        self.used += delta
-        if delta < 0:
-            waiters, self._waiters = self._waiters, []
-            for w in waiters:
-                if not w.done():
-                    w.set_result(None)
-
-    async def changed(self) -> None:
-        fut = asyncio.get_running_loop().create_future()
-        self._waiters.append(fut)
-        await fut
 
 
 class _Lane:

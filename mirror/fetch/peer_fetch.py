@@ -15,8 +15,9 @@ from dataclasses import dataclass
 
 import aiohttp
 
+from mirror.fetch.budget import AheadBudget
 from mirror.fetch.coalesce import BlobFetch
-from mirror.fetch.download import WRITE_BATCH, AheadBudget, WriteBehind
+from mirror.fetch.download import WRITE_BATCH, WriteBehind
 from mirror.fetch.peers import PeerSet
 from mirror.observe.metrics import Metrics
 from mirror.oci.apipath import PEER_PREFIX

@@ -13,7 +13,7 @@ import aiohttp
 from mirror import __version__
 from mirror.config import Config
 from mirror.fetch.blobs import BlobFetcher
-from mirror.fetch.download import AheadBudget
+from mirror.fetch.budget import AheadBudget
 from mirror.fetch.peer_fetch import PeerClient
 from mirror.fetch.peers import PeerSet
 from mirror.fetch.shared import SharedDownloads

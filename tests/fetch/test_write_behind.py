@@ -11,8 +11,9 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from mirror.fetch.budget import AheadBudget
 from mirror.fetch.coalesce import KEEP_RECENT, BlobFetch
-from mirror.fetch.download import WRITE_BATCH, AheadBudget, WriteBehind
+from mirror.fetch.download import WRITE_BATCH, WriteBehind
 from mirror.oci.models import Digest
 from mirror.store.temp import DIRECT_BUFFER, TempBlob
 

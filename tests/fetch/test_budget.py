@@ -1,6 +1,6 @@
-"""The read loop's socket setting: a blob body is read READ_SIZE bytes per recv, shared by the
-bodies being read at once, and the pooled connection reads as aiohttp chose again once the
-body is done."""
+"""The socket reads of a blob body (BodyReads): READ_SIZE bytes per recv, shared by the bodies
+being read at once, and the pooled connection reads as aiohttp chose again once the body is
+done."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import aiohttp
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from mirror.fetch.download import MIN_READ, READ_SIZE, AheadBudget, BodyReads
+from mirror.fetch.budget import MIN_READ, READ_SIZE, AheadBudget, BodyReads
 
 ServerFactory = Callable[[web.Application], Awaitable[TestServer]]
 
@@ -68,3 +68,33 @@ async def test_bodies_read_at_once_share_the_read_size(aiohttp_server: ServerFac
             resp.release()
     budget.reading = 50
     assert budget.read_size() == MIN_READ  # never below asyncio's own size
+
+
+async def test_a_body_still_closing_leaves_the_next_one_on_its_connection_alone(
+        aiohttp_server: ServerFactory) -> None:
+    """aiohttp pools the connection once the body's last bytes are parsed, before the read
+    loop has handed them on: the next body on the same connection begins first. The first
+    one's close must not touch the second's reads, and the connection's own size must come
+    back once both are done (it once kept 1 MiB reads for good)."""
+    server = await blob_server(aiohttp_server)
+    budget = AheadBudget()
+    async with aiohttp.ClientSession() as session:
+        first = await session.get(server.make_url("/blob"))
+        transport = first.connection.transport  # type: ignore[union-attr]
+        own = transport.max_size  # type: ignore[union-attr]
+        a = BodyReads(first, budget)
+        await first.read()  # the last bytes are parsed: the connection is back in the pool
+        assert first.connection is None
+        second = await session.get(server.make_url("/blob"))
+        assert second.connection is not None and second.connection.transport is transport
+        b = BodyReads(second, budget)
+        a.adjust()
+        assert transport.max_size == READ_SIZE // 2  # type: ignore[union-attr]
+        a.close()  # the first body's loop ends now
+        assert transport.max_size == READ_SIZE // 2 and budget.reading == 1  # type: ignore[union-attr]
+        b.adjust()
+        assert transport.max_size == READ_SIZE  # type: ignore[union-attr]
+        await second.read()
+        b.close()
+        assert transport.max_size == own and budget.reading == 0  # type: ignore[union-attr]
+        assert not budget.read_owners
