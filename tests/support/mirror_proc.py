@@ -146,7 +146,10 @@ class MirrorFleet:
         problems = []
         for p in self.procs:
             code = p.proc.poll() if p.proc is not None else None
-            p.stop()
+            try:
+                p.stop()
+            except Exception as e:  # stop the others, then report it
+                problems.append(f"{p.workdir.name} did not stop: {e!r}")
             log = p.log_text()
             if code is not None:
                 problems.append(f"{p.workdir.name} exited {code} during the test:\n{log[-3000:]}")
