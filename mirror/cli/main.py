@@ -31,8 +31,6 @@ def _load(path: str | None) -> Config:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from mirror.cli.allocator import keep_large_buffers_on_heap
-    from mirror.http.app import create_app
-    from mirror.http.server import run
     from mirror.observe.log import setup_logging
 
     config = _load(args.config)
@@ -52,6 +50,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     worker = _worker_role()
     if config.server.workers > 1 and worker is None:
         return _supervise(args, config)
+    # Only a serving process loads the app (the supervisor stays small: mirror/http/supervisor.py).
+    from mirror.http.app import create_app
+    from mirror.http.server import run
+
     app = create_app(config, worker=worker)
     host = "127.0.0.1" if config.listen_host in ("0.0.0.0", "::") else config.listen_host
     where = f"{host}:{config.listen_port}"
@@ -92,8 +94,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _supervise(args: argparse.Namespace, config: Config) -> int:
-    """server.workers > 1: this process starts and watches the workers (mirror/workers.py)."""
-    from mirror.http.workers import WORKER_ENV, Supervisor
+    """server.workers > 1: this process starts and watches the workers (mirror/http/supervisor.py)."""
+    from mirror.http.supervisor import WORKER_ENV, Supervisor
 
     def command(index: int, pipe_fd: int, key_fd: int | None) -> tuple[list[str], dict[str, str]]:
         argv = [sys.executable, "-m", "mirror", "serve"]
@@ -116,12 +118,13 @@ def _supervise(args: argparse.Namespace, config: Config) -> int:
 
 def _worker_role() -> WorkerRole | None:
     """This process is a worker the supervisor started (its environment says so)."""
-    from mirror.http.workers import WORKER_ENV, WorkerRole, read_token_key
+    from mirror.http.supervisor import WORKER_ENV
 
     role = os.environ.get(WORKER_ENV)
     metrics_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     if not role:
         return None
+    from mirror.http.workers import WorkerRole, read_token_key
     fields = role.split(",")
     if not metrics_dir or len(fields) not in (2, 3) or not all(f.isdigit() for f in fields):
         raise SystemExit(f"mirror: {WORKER_ENV} is set by `mirror serve` for its workers "

@@ -135,7 +135,7 @@ class TokenConfig:
     ttl: float = 300.0
     realm: str | None = None  # absolute token URL; default: derived from the request's Host
     # The signing key (key_file or key_env): the same on every replica and across restarts.
-    # None: one key per start, shared by a supervisor's workers (mirror/http/workers.py).
+    # None: one key per start, shared by a supervisor's workers (mirror/http/supervisor.py).
     key: Secret | None = None
     key_source: str | None = None  # where the key came from, for check-config (never the key)
 
@@ -173,7 +173,7 @@ class LimitsConfig:
 class ServerConfig:
     """How the listen address is served. workers > 1: that many processes share the port
     (SO_REUSEPORT) and the cache directory, with one upstream download per blob across all of
-    them (mirror/workers.py, mirror/cache/xprocess.py)."""
+    them (mirror/http/supervisor.py, mirror/store/xprocess.py)."""
 
     workers: int = 1
 

@@ -38,7 +38,7 @@ USER_AGENT = "mirror/0.1 (pull-through cache)"
 
 def create_app(config: Config, metrics: Metrics | None = None,
                worker: WorkerRole | None = None) -> web.Application:
-    """`worker`: this process is one of server.workers (mirror/workers.py)."""
+    """`worker`: this process is one of server.workers (mirror/http/workers.py)."""
     metrics = metrics or Metrics(multiprocess_dir=worker.metrics_dir if worker else None)
     stats = PullStats(metrics.totals)
     audit = AuditLog(config.log.audit, metrics) if config.log.audit else None

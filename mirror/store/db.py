@@ -13,9 +13,10 @@ import threading
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from mirror.observe.metrics import Metrics
+if TYPE_CHECKING:  # the supervisor opens the index without loading prometheus_client
+    from mirror.observe.metrics import Metrics
 
 log = logging.getLogger("mirror.store.db")
 

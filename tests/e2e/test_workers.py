@@ -121,6 +121,18 @@ def tail_elsewhere(mirror: MirrorProcess, cache: Path, blob: PushedBlob,
     raise AssertionError("no client reached the second worker")
 
 
+def test_the_supervisor_does_not_load_the_server(workers: MirrorProcess) -> None:
+    """The supervisor only starts and watches processes: without aiohttp and the app it holds
+    ~20 MiB less, and with N workers every process's memory counts."""
+    assert workers.proc is not None
+    sup = workers.proc.pid
+    mapped = {pid: Path(f"/proc/{pid}/maps").read_text() for pid in [sup, *children(sup)]}
+    assert len(mapped) == 3
+    for pid, maps in mapped.items():
+        loaded = "/aiohttp/" in maps and "/multidict/" in maps  # their C extensions
+        assert loaded == (pid != sup), (pid, sup)
+
+
 def test_ten_clients_two_workers_one_upstream_fetch(workers: MirrorProcess,
                                                     registry_tap: RecordingProxy,
                                                     blob: PushedBlob, tmp_path: Path) -> None:
