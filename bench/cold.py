@@ -4,6 +4,7 @@
 
 Starts CNCF distribution as the upstream, pushes --layers layers of --mb MiB (other bytes each)
 and starts every cache at once in front of it: `mirror` (this checkout, one process),
+`zerocopy` (bench/zerocopy.py, a probe of what the cold path could cost; not in the default set),
 `tree1`, `tree2`, ... (the checkouts given with --tree, for an A/B), distribution in proxy
 mode, nginx proxy_cache, and `direct` (curl straight from the upstream). Each layer is fetched
 once through every cache, round-robin (round i starts with the next cache), after
@@ -20,6 +21,8 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -29,16 +32,27 @@ from bench.common import table
 from bench.compare import Running, rotated, start_cache
 from bench.measure import ColdGet, cold_get, tree_rss_mib
 from tests.support.images import ImagePusher, big_layer
-from tests.support.mirror_proc import MirrorProcess, mirror_config
+from tests.support.mirror_proc import MirrorProcess, free_port, mirror_config
 from tests.support.registry import RegistryProcess
 
-CACHES = ("mirror", "distribution", "nginx", "direct")
+CACHES = ("mirror", "zerocopy", "distribution", "nginx", "direct")
 
 
 @contextmanager
 def start(name: str, upstream: RegistryProcess, work: Path, trees: list[Path]) -> Iterator[Running]:
     if name == "direct":
         yield Running(name, f"127.0.0.1:{upstream.port}", 0)
+    elif name == "zerocopy":  # the probe of what the cold path could cost (bench/zerocopy.py)
+        port = free_port()
+        root = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=work))
+        with subprocess.Popen([sys.executable, "-m", "bench.zerocopy", str(port),
+                               str(upstream.port), str(root)], stdout=subprocess.PIPE,
+                              text=True) as proc:
+            assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+            try:
+                yield Running(name, f"127.0.0.1:{port}", proc.pid)
+            finally:
+                proc.kill()
     elif name.startswith("tree"):
         tree = trees[int(name[4:]) - 1]
         root = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=work))
