@@ -29,7 +29,6 @@ from mirror.store.disk import DiskTier
 from mirror.store.eviction import Evictor
 from mirror.store.index import TagIndex
 from mirror.store.links import RepoLinks
-from mirror.store.objectstore import ColdTier, build_store
 from mirror.store.shared_tags import SharedTags, tag_records
 from mirror.store.tiered import ColdUsage, TieredStore, UseMarks
 from mirror.store.uploads import Uploader
@@ -87,6 +86,10 @@ def build_storage(config: Config, db: Database, tags: TagIndex, metrics: Metrics
         tier = DiskTier(cache.dir, db, cache.max_size, metrics, cache.high_watermark,
                         cache.low_watermark, evicting=evicting)
         return Storage(tier, None)
+    # Imported here: obstore's extension costs every process ~5 MiB of RSS (bench/README.md),
+    # and most caches have no object store.
+    from mirror.store.objectstore import ColdTier, build_store
+
     cold = ColdTier(build_store(os_config))
     usage = ColdUsage(metrics, cold.name)
     marks = UseMarks(cold, os_config.max_age)

@@ -19,7 +19,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from cachetools import LRUCache
 
@@ -27,9 +27,11 @@ from mirror.observe.metrics import Metrics
 from mirror.oci.errors import VerificationError
 from mirror.oci.models import Digest
 from mirror.store.disk import DiskTier
-from mirror.store.objectstore import ColdManifest, ColdTier
 from mirror.store.temp import TempBlob
 from mirror.store.uploads import Uploader
+
+if TYPE_CHECKING:  # obstore (~5 MiB per process) is loaded only with an object store
+    from mirror.store.objectstore import ColdManifest, ColdTier
 
 log = logging.getLogger("mirror.store.tiered")
 WRITE_BATCH = 1024 * 1024

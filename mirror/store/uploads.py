@@ -15,14 +15,16 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mirror.observe.metrics import Metrics
 from mirror.oci.errors import DigestInvalid
 from mirror.oci.models import Digest
 from mirror.store.db import Database
 from mirror.store.disk import blob_path
-from mirror.store.objectstore import ColdTier
+
+if TYPE_CHECKING:  # obstore is loaded only with an object store (mirror/pull/stack.py)
+    from mirror.store.objectstore import ColdTier
 
 log = logging.getLogger("mirror.store.uploads")
 RETRY_MIN = 1.0
