@@ -14,10 +14,10 @@ from __future__ import annotations
 import asyncio
 import collections
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
 
-from mirror.store.temp import TempBlob
+from mirror.store.temp import Chunk, TempBlob
 
 # Bytes of the newest chunks kept in memory, beyond those not yet in the file, for readers a
 # little behind: the file is read only by readers further back (from the disk, since large
@@ -94,16 +94,17 @@ class BlobFetch:
         self._trim()
         self.notify()
 
-    def offer(self, chunks: list[bytes]) -> None:
+    def offer(self, chunks: Sequence[Chunk]) -> None:
         """Bytes just taken from the source, before they are in the file: readers that keep
         up are sent them from here. With no reader (a prefetch) none are kept: one that
-        joins reads the file up to what is written, then the chunks that come after."""
+        joins reads the file up to what is written, then the chunks that come after. What
+        is kept is copied unless it is bytes: buffers are reused (fetch.receive)."""
         if not self.readers:
             self.recent.clear()  # kept chunks must run up to `received`, with no gap
             self.received += sum(len(c) for c in chunks)
         else:
             for c in chunks:
-                self.recent.append((self.received, c))
+                self.recent.append((self.received, c if isinstance(c, bytes) else bytes(c)))
                 self.received += len(c)
         self._trim()
         self.notify()

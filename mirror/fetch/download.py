@@ -9,7 +9,7 @@ import collections
 import logging
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import Executor
 from typing import Any
 
@@ -17,10 +17,12 @@ import aiohttp
 
 from mirror.fetch.budget import MAX_AHEAD, AheadBudget, BodyReads
 from mirror.fetch.coalesce import BlobFetch
+from mirror.fetch.receive import BodyReceiver, Release
 from mirror.observe.metrics import Metrics
 from mirror.oci.errors import BlobUnknown, DiskFull, UpstreamRejected, UpstreamUnavailable, VerificationError
 from mirror.oci.models import Digest
 from mirror.store.disk import DiskTier
+from mirror.store.temp import Chunk
 from mirror.upstream.client import UpstreamClient
 
 log = logging.getLogger("mirror.fetch.download")
@@ -30,6 +32,7 @@ RESUME_ATTEMPTS = 3
 # Batches a lane's worker job takes before it gives its pool thread back (_Lane._work): the
 # pools are shared by every download and by other file work (fsyncs, commits).
 TURN = 2
+After = Callable[[], None] | None  # called once a lane is done with a batch
 
 
 async def download_into(client: UpstreamClient, repo: str, digest: Digest, fetch: BlobFetch,
@@ -63,15 +66,20 @@ async def download_into(client: UpstreamClient, repo: str, digest: Digest, fetch
                     raise DiskFull(f"no room for {size} bytes of {digest} in {tier.root}")
                 fetch.set_size(size)
             received = metrics.upstream_bytes.labels(client.name)
-            batch: list[bytes] = []
+            batch: list[Chunk] = []
+            releases: list[Release] = []
             batch_len = 0
+            receiver = BodyReceiver.take(resp)
             # aiohttp keeps its default buffer limit: a paused read holds one read.
-            reads = BodyReads(resp, writer.budget)
+            reads = BodyReads(resp, writer.budget) if receiver is None else None
             try:
-                async for chunk, _ in resp.content.iter_chunks():
+                async for chunk, release in (receiver.chunks() if receiver is not None
+                                             else _aiohttp_chunks(resp)):
                     # Counted as received: bytes we skip or then reject still cost
                     # upstream bandwidth.
                     received.inc(len(chunk))
+                    if release is not None:
+                        releases.append(release)
                     if skip:
                         cut = min(skip, len(chunk))
                         chunk, skip = chunk[cut:], skip - cut
@@ -83,11 +91,12 @@ async def download_into(client: UpstreamClient, repo: str, digest: Digest, fetch
                         raise VerificationError(f"upstream sent more than {fetch.size} bytes "
                                                 f"for {digest}")
                     if batch_len >= WRITE_BATCH:
-                        await writer.submit(batch)
-                        batch, batch_len = [], 0
-                        reads.adjust()
+                        await writer.submit(batch, releases)
+                        batch, batch_len, releases = [], 0, []
+                        if reads is not None:
+                            reads.adjust()
                 if batch:
-                    await writer.submit(batch)
+                    await writer.submit(batch, releases)
                     batch = []
                 await writer.drain()
                 if fetch.size is not None and temp.written < fetch.size:
@@ -96,7 +105,7 @@ async def download_into(client: UpstreamClient, repo: str, digest: Digest, fetch
             except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError,
                     TimeoutError) as e:
                 if batch:
-                    await writer.submit(batch)
+                    await writer.submit(batch, releases)
                 await writer.drain()
                 attempts += 1
                 if attempts > RESUME_ATTEMPTS:
@@ -106,9 +115,18 @@ async def download_into(client: UpstreamClient, repo: str, digest: Digest, fetch
                 log.info("resuming %s from %s at byte %d after %s", digest, client.name,
                          temp.written, type(e).__name__)
             finally:
-                reads.close()
+                if reads is not None:
+                    reads.close()
+                if receiver is not None:
+                    receiver.close()
         finally:
             resp.release()
+
+
+async def _aiohttp_chunks(resp: aiohttp.ClientResponse
+                          ) -> AsyncIterator[tuple[Chunk, Release | None]]:
+    async for chunk, _ in resp.content.iter_chunks():
+        yield chunk, None
 
 
 class _Lane:
@@ -118,13 +136,13 @@ class _Lane:
     `backlog` is the bytes queued or running; the first error stops the lane. `on_change` is
     told whenever the backlog shrinks or the lane fails."""
 
-    def __init__(self, fn: Callable[[list[bytes]], int | None],
+    def __init__(self, fn: Callable[[Sequence[Chunk]], int | None],
                  pool: Callable[[], Executor | None], done: Callable[[int | None], None],
                  on_change: Callable[[], None]) -> None:
         self._fn, self._pool, self._done, self._on_change = fn, pool, done, on_change
         self._loop = asyncio.get_running_loop()
         self._lock = threading.Lock()  # guards _queue, _active and _stopped
-        self._queue: collections.deque[tuple[list[bytes], int]] = collections.deque()
+        self._queue: collections.deque[tuple[Sequence[Chunk], int, After]] = collections.deque()
         self._active = False  # a worker job is taking batches
         self._stopped = False
         self.backlog = 0  # loop thread only
@@ -132,12 +150,13 @@ class _Lane:
         self.error: BaseException | None = None
         self._moved: asyncio.Future[None] | None = None
 
-    def put(self, batch: list[bytes], nbytes: int) -> None:
+    def put(self, batch: Sequence[Chunk], nbytes: int, after: After = None) -> None:
+        """Queue `batch`; `after` is called on the loop once `fn` is done with it."""
         if self.error is not None:
             return
         self.backlog += nbytes
         with self._lock:
-            self._queue.append((batch, nbytes))
+            self._queue.append((batch, nbytes, after))
             if self._active:
                 return
             self._active = True
@@ -152,7 +171,7 @@ class _Lane:
                 if self._stopped or not self._queue:
                     self._active = False
                     return
-                batch, nbytes = self._queue.popleft()
+                batch, nbytes, after = self._queue.popleft()
             try:
                 result = self._fn(batch)
             except BaseException as e:
@@ -161,7 +180,7 @@ class _Lane:
                     self._active = False
                 self._loop.call_soon_threadsafe(self._failed, e)
                 return
-            self._loop.call_soon_threadsafe(self._finished, result, nbytes)
+            self._loop.call_soon_threadsafe(self._finished, result, nbytes, after)
         self._loop.call_soon_threadsafe(self._again)  # _active stays set: put() only queues
 
     def _again(self) -> None:
@@ -171,10 +190,12 @@ class _Lane:
                 return
         self.running = self._loop.run_in_executor(self._pool(), self._work)
 
-    def _finished(self, result: int | None, nbytes: int) -> None:
+    def _finished(self, result: int | None, nbytes: int, after: After) -> None:
         if self.error is None:
             self.backlog -= nbytes
             self._done(result)
+            if after is not None:
+                after()
         self._wake()
 
     def _failed(self, error: BaseException) -> None:
@@ -235,7 +256,7 @@ class WriteBehind:
     def _pool(self) -> Executor | None:
         return self._background() if self._background and self._fetch.readers == 0 else None
 
-    def _hash_batch(self, chunks: list[bytes]) -> None:
+    def _hash_batch(self, chunks: Sequence[Chunk]) -> None:
         self._fetch.temp.hash_sync(chunks)
 
     def _written(self, nbytes: int | None) -> None:
@@ -250,15 +271,18 @@ class WriteBehind:
         if delta:
             self.budget.change(delta)
 
-    async def submit(self, chunks: list[bytes]) -> None:
+    async def submit(self, chunks: Sequence[Chunk], releases: list[Release] | None = None) -> None:
+        """Hand `chunks` to the lanes. `releases` give back the reused buffers some chunks
+        are in (fetch.receive), once both lanes are done with them."""
         if self._direct_min is not None and self.queued == 0 and (
                 self._fetch.size or 0) >= self._direct_min:
             self._fetch.temp.use_direct()
         nbytes = sum(len(c) for c in chunks)
         self.queued += nbytes
         self._fetch.offer(chunks)
-        self._write.put(chunks, nbytes)
-        self._hash.put(chunks, nbytes)
+        after = _after_both(releases) if releases else None
+        self._write.put(chunks, nbytes, after)
+        self._hash.put(chunks, nbytes, after)
         self._settle()
         await self._write.wait_below(MAX_AHEAD)
         await self._hash.wait_below(MAX_AHEAD)
@@ -296,6 +320,19 @@ class WriteBehind:
         self._settle(stopped=True)
         if cancelled:
             raise asyncio.CancelledError
+
+
+def _after_both(releases: list[Release]) -> Callable[[], None]:
+    """Calls `releases` at its second call: once both lanes are done with a batch."""
+    left = 2
+
+    def after() -> None:
+        nonlocal left
+        left -= 1
+        if not left:
+            for release in releases:
+                release()
+    return after
 
 
 async def _wait_uncancelled(fut: asyncio.Future[Any] | None) -> bool:

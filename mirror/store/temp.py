@@ -14,12 +14,16 @@ from __future__ import annotations
 import mmap
 import os
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TypeAlias
 
 from mirror.oci.models import Digest
 
 IOV_BATCH = 512  # buffers per pwritev call (the kernel's IOV_MAX is 1024)
 DIRECT_BUFFER = 2 * 1024 * 1024  # bytes per O_DIRECT write (a multiple of any block size)
+# Bytes as a download hands them on: an mmap is a whole page-aligned buffer (fetch.receive).
+Chunk: TypeAlias = bytes | memoryview | mmap.mmap
 
 
 class TempBlob:
@@ -67,12 +71,12 @@ class TempBlob:
         self.append_sync([data])
         self.flush_sync()
 
-    def hash_sync(self, chunks: list[bytes]) -> None:
+    def hash_sync(self, chunks: Sequence[Chunk]) -> None:
         for c in chunks:
             self._hasher.update(c)  # hashlib releases the GIL on large buffers
             self.hashed += len(c)
 
-    def append_sync(self, chunks: list[bytes]) -> int:
+    def append_sync(self, chunks: Sequence[Chunk]) -> int:
         """Append chunks as they came off the socket; returns the bytes that reached the
         file (staged bytes count once a full buffer of them is written)."""
         if self._buffer is not None:
@@ -92,11 +96,17 @@ class TempBlob:
         self.written = end
         return total
 
-    def _stage(self, chunks: list[bytes]) -> int:
+    def _stage(self, chunks: Sequence[Chunk]) -> int:
         buf = self._buffer
         assert buf is not None
         before = self.written
         for c in chunks:
+            if not self.staged and isinstance(c, mmap.mmap) and len(c) == DIRECT_BUFFER:
+                # A whole page-aligned buffer at a block boundary: written from where it
+                # was received, no copy into ours.
+                _write_all(self._direct_fd, memoryview(c), self.written)
+                self.written += DIRECT_BUFFER
+                continue
             view = memoryview(c)
             while view:
                 n = min(len(view), DIRECT_BUFFER - self.staged)

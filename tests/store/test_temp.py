@@ -5,6 +5,7 @@ block boundary is never written O_DIRECT."""
 from __future__ import annotations
 
 import hashlib
+import mmap
 import os
 from pathlib import Path
 
@@ -43,6 +44,34 @@ def test_appends_land_every_byte_and_the_digest(tmp_path: Path, direct: bool) ->
     assert Path(temp.path).read_bytes() == DATA
     temp.abort_sync()
     assert not temp.path.exists()
+
+
+def aligned(data: bytes) -> mmap.mmap:
+    buf = mmap.mmap(-1, DIRECT_BUFFER)
+    buf[:] = data
+    return buf
+
+
+def test_whole_aligned_buffers_mixed_with_other_chunks_land_every_byte(tmp_path: Path) -> None:
+    """Whole page-aligned buffers (fetch.receive) are written as they are when nothing is
+    staged, and through the staging buffer when something is: the file is right either way."""
+    temp = TempBlob(tmp_path, DIGEST, len(DATA))
+    assert temp.use_direct()
+    one, two, three = (DATA[i * DIRECT_BUFFER:(i + 1) * DIRECT_BUFFER] for i in range(3))
+    batches: list[list[bytes | memoryview | mmap.mmap]] = [
+        [aligned(one)],  # straight from the buffer
+        [two[:100], memoryview(aligned(two))[100:]],  # staged, then the rest of a buffer
+        [three[:7]], [aligned(three[7:] + DATA[3 * DIRECT_BUFFER:3 * DIRECT_BUFFER + 7])],
+        [DATA[3 * DIRECT_BUFFER + 7:]],
+    ]
+    told = 0
+    for batch in batches:
+        temp.hash_sync(batch)
+        told += temp.append_sync(batch)
+    told += temp.flush_sync()
+    assert told == temp.written == len(DATA) and temp.matches()
+    assert Path(temp.path).read_bytes() == DATA
+    temp.close_sync()
 
 
 def test_after_a_flush_mid_file_writes_are_buffered(tmp_path: Path) -> None:
