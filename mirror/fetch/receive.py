@@ -40,10 +40,11 @@ class BodyReceiver(asyncio.BufferedProtocol):
     pauses while no buffer is free. `timeout` is the longest wait for bytes while reading,
     as aiohttp's sock_read would have been."""
 
-    def __init__(self, transport: asyncio.Transport, remaining: int,
-                 head: bytes, timeout: float | None) -> None:
+    def __init__(self, transport: asyncio.Transport, remaining: int, head: bytes,
+                 timeout: float | None, origin: asyncio.BaseProtocol | None = None) -> None:
         self._loop = asyncio.get_running_loop()
         self._transport = transport
+        self._origin = origin  # aiohttp's protocol: told when the connection is lost
         self._remaining = remaining  # bytes of the body not yet received
         self._timeout = timeout
         self._free: list[mmap.mmap] = []
@@ -95,7 +96,7 @@ class BodyReceiver(asyncio.BufferedProtocol):
         drop = getattr(proto, "_drop_timeout", None)
         if callable(drop):  # its sock_read timer would fire on a body it no longer sees
             drop()
-        receiver = cls(transport, remaining, head, timeout)
+        receiver = cls(transport, remaining, head, timeout, proto)
         transport.set_protocol(receiver)
         transport.resume_reading()  # aiohttp may have paused it with its buffer full
         return receiver
@@ -193,6 +194,12 @@ class BodyReceiver(asyncio.BufferedProtocol):
         if self._timer is not None:
             self._timer.cancel()
         self._wake()
+        if self._origin is not None:
+            # aiohttp's connector waits for its protocol to hear of the loss when the
+            # session closes (ResponseHandler.closed); its reader, which nobody reads now,
+            # gets the error.
+            origin, self._origin = self._origin, None
+            origin.connection_lost(exc)
 
     def _check_stall(self) -> None:
         assert self._timeout

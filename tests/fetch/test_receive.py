@@ -207,3 +207,22 @@ async def test_holding_every_buffer_longer_than_sock_read_is_no_stall(
         got += await collect(receiver)
         receiver.close()
     assert b"".join(got) == BODY
+
+
+async def test_closing_the_session_mid_body_ends_the_body_at_once(
+        server: Callable[[ssl.SSLContext | None], Awaitable[str]]) -> None:
+    """The session's connector waits for every connection it lent to be lost: it must hear of
+    the taken one too (a mirror shutting down mid-download)."""
+    base = await server(None)
+    session = aiohttp.ClientSession()
+    resp = await session.get(f"{base}/stall")
+    receiver = BodyReceiver.take(resp)
+    assert receiver is not None
+    chunks = receiver.chunks()
+    await anext(chunks)
+    await asyncio.wait_for(session.close(), 5)
+    with pytest.raises(aiohttp.ClientPayloadError):
+        async for _ in chunks:
+            pass
+    receiver.close()
+    resp.release()
