@@ -69,7 +69,7 @@ async def download_into(client: UpstreamClient, repo: str, digest: Digest, fetch
             batch: list[Chunk] = []
             releases: list[Release] = []
             batch_len = 0
-            receiver = BodyReceiver.take(resp)
+            receiver = BodyReceiver.take(resp, writer.budget)
             # aiohttp keeps its default buffer limit: a paused read holds one read.
             reads = BodyReads(resp, writer.budget) if receiver is None else None
             try:
@@ -78,11 +78,17 @@ async def download_into(client: UpstreamClient, repo: str, digest: Digest, fetch
                     # Counted as received: bytes we skip or then reject still cost
                     # upstream bandwidth.
                     received.inc(len(chunk))
-                    if release is not None:
-                        releases.append(release)
                     if skip:
                         cut = min(skip, len(chunk))
-                        chunk, skip = chunk[cut:], skip - cut
+                        # What is kept is copied and the buffer goes back at once: skipped
+                        # buffers are never submitted, and a receiver whose buffers are all
+                        # held reads no more.
+                        chunk, skip = bytes(memoryview(chunk)[cut:]), skip - cut
+                        if release is not None:
+                            release()
+                            release = None
+                    if release is not None:
+                        releases.append(release)
                     if not chunk:
                         continue
                     batch.append(chunk)

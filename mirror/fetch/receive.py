@@ -23,10 +23,14 @@ from typing import TypeAlias
 
 import aiohttp
 
+from mirror.fetch.budget import AheadBudget
 from mirror.store.temp import DIRECT_BUFFER, Chunk
 
 BUFFER = DIRECT_BUFFER  # one buffer is one O_DIRECT write: no staging copy
-BUFFERS = 3  # per body: one filling, two with the lanes (they may be MAX_AHEAD behind)
+# Per body: one filling, two with the lanes (they may be MAX_AHEAD behind). Past the first,
+# a buffer is made only while the process's downloads hold less than their AheadBudget:
+# many bodies at once then go one buffer each, as the budget has them go one batch each.
+BUFFERS = 3
 TAKE_MIN = 4 * BUFFER  # shorter bodies stay with aiohttp (and their connection is reused)
 
 Release: TypeAlias = Callable[[], None]
@@ -37,13 +41,16 @@ class BodyReceiver(asyncio.BufferedProtocol):
 
     `chunks()` yields each full buffer (the mmap itself: page-aligned, BUFFER long) or the
     last, partial one (a memoryview), with the call that gives the buffer back; reading
-    pauses while no buffer is free. `timeout` is the longest wait for bytes while reading,
-    as aiohttp's sock_read would have been."""
+    pauses while no buffer is free. The consumer must give back every buffer it is handed,
+    or reading stops for good. `timeout` is the longest wait for bytes while reading, as
+    aiohttp's sock_read would have been."""
 
     def __init__(self, transport: asyncio.Transport, remaining: int, head: bytes,
-                 timeout: float | None, origin: asyncio.BaseProtocol | None = None) -> None:
+                 timeout: float | None, origin: asyncio.BaseProtocol | None = None,
+                 budget: AheadBudget | None = None) -> None:
         self._loop = asyncio.get_running_loop()
         self._transport = transport
+        self._budget = budget
         self._origin = origin  # aiohttp's protocol: told when the connection is lost
         self._remaining = remaining  # bytes of the body not yet received
         self._timeout = timeout
@@ -71,7 +78,8 @@ class BodyReceiver(asyncio.BufferedProtocol):
             self._timer = self._loop.call_later(timeout / 4, self._check_stall)
 
     @classmethod
-    def take(cls, resp: aiohttp.ClientResponse) -> BodyReceiver | None:
+    def take(cls, resp: aiohttp.ClientResponse,
+             budget: AheadBudget | None = None) -> BodyReceiver | None:
         """Take `resp`'s connection for the rest of its body, or None to leave it to aiohttp
         (small, chunked or encoded bodies, already finished, or a transport we cannot take)."""
         conn = resp.connection
@@ -96,7 +104,7 @@ class BodyReceiver(asyncio.BufferedProtocol):
         drop = getattr(proto, "_drop_timeout", None)
         if callable(drop):  # its sock_read timer would fire on a body it no longer sees
             drop()
-        receiver = cls(transport, remaining, head, timeout, proto)
+        receiver = cls(transport, remaining, head, timeout, proto, budget)
         transport.set_protocol(receiver)
         transport.resume_reading()  # aiohttp may have paused it with its buffer full
         return receiver
@@ -144,7 +152,9 @@ class BodyReceiver(asyncio.BufferedProtocol):
     def _buffer(self) -> mmap.mmap | None:
         if self._free:
             return self._free.pop()
-        if self._allocated < BUFFERS:
+        budget = self._budget
+        if self._allocated < BUFFERS and (not self._allocated or budget is None
+                                          or budget.used < budget.limit):
             self._allocated += 1
             return mmap.mmap(-1, BUFFER)
         return None

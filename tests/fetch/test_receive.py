@@ -1,6 +1,7 @@
 """A big blob body read past aiohttp (BodyReceiver): taken only when it is plain and big, whole
 and in page-aligned buffers when taken, over TLS too; reading pauses while the consumer holds
-every buffer; a body cut short or stalled is an error the download's resume handles."""
+every buffer; a body cut short or stalled is an error the download's resume handles, also
+when the upstream ignores Range."""
 
 from __future__ import annotations
 
@@ -15,7 +16,17 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from mirror.config.model import UpstreamConfig
+from mirror.fetch.budget import AheadBudget
+from mirror.fetch.coalesce import BlobFetch
+from mirror.fetch.download import WriteBehind, download_into
 from mirror.fetch.receive import BUFFER, BUFFERS, TAKE_MIN, BodyReceiver
+from mirror.observe.metrics import Metrics
+from mirror.oci.models import Digest
+from mirror.store.db import Database
+from mirror.store.disk import DiskTier
+from mirror.store.temp import TempBlob
+from mirror.upstream.client import UpstreamClient
 from tests.support.certs import TestCA
 
 BODY = os.urandom(5 * BUFFER + 12345)  # not a whole number of buffers
@@ -162,6 +173,34 @@ async def test_reading_pauses_while_the_consumer_holds_every_buffer(
     assert b"".join(got) == BODY
 
 
+async def test_over_the_ahead_budget_a_body_reads_into_one_buffer(
+        server: Callable[[ssl.SSLContext | None], Awaitable[str]]) -> None:
+    """Other downloads hold the process's AheadBudget: this one makes no second buffer, and
+    reads on only when it has its one back."""
+    base = await server(None)
+    budget = AheadBudget()
+    budget.change(budget.limit)
+    async with aiohttp.ClientSession() as session, session.get(f"{base}/plain") as resp:
+        receiver = BodyReceiver.take(resp, budget)
+        assert receiver is not None
+        chunks = receiver.chunks()
+        chunk, release = await anext(chunks)
+        later = asyncio.ensure_future(anext(chunks))
+        done, _ = await asyncio.wait([later], timeout=0.5)
+        assert not done
+        got = [bytes(chunk)]
+        assert release is not None
+        release()
+        chunk, release = await later
+        got.append(bytes(chunk))
+        assert release is not None
+        release()
+        budget.change(-budget.limit)
+        got += await collect(receiver)
+        receiver.close()
+    assert b"".join(got) == BODY
+
+
 async def test_a_body_cut_short_is_a_payload_error(
         server: Callable[[ssl.SSLContext | None], Awaitable[str]]) -> None:
     base = await server(None)
@@ -226,3 +265,61 @@ async def test_closing_the_session_mid_body_ends_the_body_at_once(
             pass
     receiver.close()
     resp.release()
+
+
+class Upstream:
+    """A blob upstream for download_into: the first GET is cut after three buffers; later
+    ones honour Range (206) unless `ignore_range`, then they send the whole body (200)."""
+
+    def __init__(self, ignore_range: bool) -> None:
+        self.ignore_range = ignore_range
+        self.ranges: list[str | None] = []
+
+    async def blob(self, request: web.Request) -> web.StreamResponse:
+        self.ranges.append(request.headers.get("Range"))
+        if len(self.ranges) == 1:
+            return await cut(request)
+        start = int(request.headers["Range"][6:-1]) if "Range" in request.headers else 0
+        if self.ignore_range or not start:
+            return web.Response(body=BODY)
+        return web.Response(status=206, body=BODY[start:], headers={
+            "Content-Range": f"bytes {start}-{len(BODY) - 1}/{len(BODY)}"})
+
+
+@pytest.mark.parametrize("ignore_range", [False, True])
+async def test_a_taken_body_cut_short_resumes_to_the_whole_blob(
+        tmp_path: Path, ignore_range: bool) -> None:
+    """The second GET resumes where the file ends; an upstream that ignores Range sends the
+    whole body again and what the file has is skipped: skipped buffers go back at once (held,
+    they stopped the reading for good)."""
+    upstream = Upstream(ignore_range)
+    app = web.Application()
+    app.router.add_get("/v2/r/blobs/{digest}", upstream.blob)
+    runner = web.AppRunner(app, shutdown_timeout=0.1)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    digest = Digest.of(BODY)
+    metrics = Metrics()
+    db = Database(tmp_path / "index.db")
+    tier = DiskTier(tmp_path / "hot", db, 1 << 30, metrics)
+    tier.open_sync()
+    await db.start()
+    fetch = BlobFetch(str(digest), TempBlob(tmp_path, digest, len(BODY)))
+    writer = WriteBehind(fetch, direct_min=BUFFER)
+    timeout = aiohttp.ClientTimeout(total=None, sock_read=5)
+    try:
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            client = UpstreamClient(UpstreamConfig("up", f"http://127.0.0.1:{port}"), session,
+                                    metrics)
+            await asyncio.wait_for(
+                download_into(client, "r", digest, fetch, writer, metrics, tier), 30)
+    finally:
+        await writer.close()
+        await db.close()
+        await runner.cleanup()
+    assert len(upstream.ranges) == 2 and upstream.ranges[1] is not None
+    assert int(upstream.ranges[1][6:-1]) >= 2 * BUFFER  # the bytes before the cut were kept
+    assert fetch.temp.matches() and Path(fetch.temp.path).read_bytes() == BODY
+    fetch.temp.abort_sync()

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import mmap
 import os
 import threading
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -15,7 +17,7 @@ from mirror.fetch.budget import AheadBudget
 from mirror.fetch.coalesce import KEEP_RECENT, BlobFetch
 from mirror.fetch.download import WRITE_BATCH, WriteBehind
 from mirror.oci.models import Digest
-from mirror.store.temp import DIRECT_BUFFER, TempBlob
+from mirror.store.temp import DIRECT_BUFFER, Chunk, TempBlob
 
 DATA = os.urandom(5 * DIRECT_BUFFER + 4321)
 DIGEST = Digest.parse("sha256:" + hashlib.sha256(DATA).hexdigest())
@@ -115,3 +117,54 @@ async def test_downloads_together_hold_at_most_the_budget_plus_a_batch_each(
     assert budget.used == 0
     assert a.temp.written == b.temp.written == WRITE_BATCH
     pool.shutdown()
+
+
+class HeldHash(TempBlob):
+    """A temp file whose hashing waits for `go`: the write lane finishes first."""
+
+    go: threading.Event
+
+    def hash_sync(self, chunks: Sequence[Chunk]) -> None:
+        self.go.wait(10)
+        super().hash_sync(chunks)
+
+
+async def test_a_buffer_goes_back_only_once_both_lanes_are_done_with_it(tmp_path: Path) -> None:
+    """A received buffer (fetch.receive) is reused as soon as it is given back: giving it back
+    after the write alone would let the next bytes overwrite what the hash has yet to read."""
+    temp = HeldHash(tmp_path, DIGEST, len(DATA))
+    temp.go = threading.Event()
+    fetch = BlobFetch(str(DIGEST), temp)
+    fetch.set_size(len(DATA))
+    writer = WriteBehind(fetch, direct_min=None)
+    buf = mmap.mmap(-1, DIRECT_BUFFER)
+    buf[:] = DATA[:DIRECT_BUFFER]
+    released: list[int] = []
+    await writer.submit([buf], [lambda: released.append(1)])
+    deadline = asyncio.get_running_loop().time() + 10
+    while temp.written < DIRECT_BUFFER:  # the write lane is done with it
+        assert asyncio.get_running_loop().time() < deadline
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.05)
+    assert not released  # the hash lane still has it
+    temp.go.set()
+    await writer.submit([DATA[DIRECT_BUFFER:]])
+    await writer.drain()
+    assert released == [1] and temp.matches()
+    await writer.close()
+
+
+async def test_bytes_kept_for_readers_are_a_copy_of_a_reused_buffer(tmp_path: Path) -> None:
+    fetch = new_fetch(tmp_path)
+    fd = fetch.open_reader()
+    buf = mmap.mmap(-1, DIRECT_BUFFER)
+    buf[:] = DATA[:DIRECT_BUFFER]
+    fetch.offer([buf, memoryview(buf)[:10]])
+    buf[:] = bytes(DIRECT_BUFFER)  # the buffer is filled again with the next bytes
+    first = fetch.piece(0, DIRECT_BUFFER + 10)
+    assert first is not None and not isinstance(first, tuple)
+    assert bytes(first) == DATA[:DIRECT_BUFFER]
+    second = fetch.piece(DIRECT_BUFFER, DIRECT_BUFFER + 10)
+    assert second is not None and not isinstance(second, tuple)
+    assert bytes(second) == DATA[:10]
+    fetch.close_reader(fd)
