@@ -2,7 +2,8 @@
 clients tailing it, moved into blobs/ by the tier's commit only once its digest matched.
 
 Large downloads can be written with O_DIRECT (`use_direct`): their bytes are gathered in one
-page-aligned buffer and written from it straight to the device, bypassing the page cache. A
+page-aligned buffer and written from it straight to the device, bypassing the page cache (a
+whole aligned buffer as received, fetch/receive.py, is written from where it is). A
 cold layer then costs no page-cache allocation and no dirty-page writeback (the commit's fsync
 has nothing left to flush), and a multi-GiB layer does not push the hot small content out of
 memory; nginx's `directio` makes the same trade for large files. Measured on this project's
