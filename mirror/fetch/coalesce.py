@@ -68,7 +68,7 @@ class BlobFetch:
         # The newest chunks, (offset, bytes), oldest first: every byte from the first kept
         # one up to `received`. A chunk goes only once it is in the file and KEEP_RECENT
         # newer bytes are kept, so whatever is not here is in the file.
-        self.recent: collections.deque[tuple[int, bytes]] = collections.deque()
+        self.recent: collections.deque[tuple[int, Chunk]] = collections.deque()
         self.done = False  # verified and committed
         self.error: BaseException | None = None
         self.readers = 0
@@ -94,20 +94,22 @@ class BlobFetch:
         self._trim()
         self.notify()
 
-    def offer(self, chunks: Sequence[Chunk]) -> None:
+    def offer(self, chunks: Sequence[Chunk]) -> bool:
         """Bytes just taken from the source, before they are in the file: readers that keep
         up are sent them from here. With no reader (a prefetch) none are kept: one that
-        joins reads the file up to what is written, then the chunks that come after. What
-        is kept is copied unless it is bytes: buffers are reused (fetch.receive)."""
-        if not self.readers:
+        joins reads the file up to what is written, then the chunks that come after.
+        True when the chunks are kept: their buffers must not be reused then."""
+        kept = bool(self.readers)
+        if not kept:
             self.recent.clear()  # kept chunks must run up to `received`, with no gap
             self.received += sum(len(c) for c in chunks)
         else:
             for c in chunks:
-                self.recent.append((self.received, c if isinstance(c, bytes) else bytes(c)))
+                self.recent.append((self.received, c))
                 self.received += len(c)
         self._trim()
         self.notify()
+        return kept
 
     def _trim(self) -> None:
         recent = self.recent
@@ -130,7 +132,9 @@ class BlobFetch:
                 if pos < offset + len(chunk):
                     start = pos - offset
                     stop = min(len(chunk), limit - offset)
-                    return memoryview(chunk)[start:stop] if start or stop < len(chunk) else chunk
+                    if isinstance(chunk, bytes) and not start and stop == len(chunk):
+                        return chunk
+                    return memoryview(chunk)[start:stop]
             return None
         stop = min(limit, self.available, first)
         return (pos, stop - pos) if pos < stop else None

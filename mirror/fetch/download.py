@@ -85,7 +85,7 @@ async def download_into(client: UpstreamClient, repo: str, digest: Digest, fetch
                         # held reads no more.
                         chunk, skip = bytes(memoryview(chunk)[cut:]), skip - cut
                         if release is not None:
-                            release()
+                            release(True)
                             release = None
                     if release is not None:
                         releases.append(release)
@@ -278,15 +278,17 @@ class WriteBehind:
             self.budget.change(delta)
 
     async def submit(self, chunks: Sequence[Chunk], releases: list[Release] | None = None) -> None:
-        """Hand `chunks` to the lanes. `releases` give back the reused buffers some chunks
-        are in (fetch.receive), once both lanes are done with them."""
+        """Hand `chunks` to the lanes. `releases` give back the buffers some chunks are in
+        (fetch.receive) once both lanes are done with them: for reuse, unless readers keep
+        them (BlobFetch.recent; a queued client write may also hold a view of them), in
+        which case they are left to be freed when the last reference goes."""
         if self._direct_min is not None and self.queued == 0 and (
                 self._fetch.size or 0) >= self._direct_min:
             self._fetch.temp.use_direct()
         nbytes = sum(len(c) for c in chunks)
         self.queued += nbytes
-        self._fetch.offer(chunks)
-        after = _after_both(releases) if releases else None
+        kept = self._fetch.offer(chunks)
+        after = _after_both(releases, not kept) if releases else None
         self._write.put(chunks, nbytes, after)
         self._hash.put(chunks, nbytes, after)
         self._settle()
@@ -328,7 +330,7 @@ class WriteBehind:
             raise asyncio.CancelledError
 
 
-def _after_both(releases: list[Release]) -> Callable[[], None]:
+def _after_both(releases: list[Release], reuse: bool) -> Callable[[], None]:
     """Calls `releases` at its second call: once both lanes are done with a batch."""
     left = 2
 
@@ -337,7 +339,7 @@ def _after_both(releases: list[Release]) -> Callable[[], None]:
         left -= 1
         if not left:
             for release in releases:
-                release()
+                release(reuse)
     return after
 
 

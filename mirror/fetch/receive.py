@@ -33,7 +33,8 @@ BUFFER = DIRECT_BUFFER  # one buffer is one O_DIRECT write: no staging copy
 BUFFERS = 3
 TAKE_MIN = 4 * BUFFER  # shorter bodies stay with aiohttp (and their connection is reused)
 
-Release: TypeAlias = Callable[[], None]
+# Gives a buffer back: reuse=False when something may still hold it (BlobFetch.recent).
+Release: TypeAlias = Callable[[bool], None]
 
 
 class BodyReceiver(asyncio.BufferedProtocol):
@@ -137,9 +138,17 @@ class BodyReceiver(asyncio.BufferedProtocol):
         self._cur = None
         self._transport.close()
 
-    def _release(self, buf: mmap.mmap) -> None:
+    def _release(self, buf: mmap.mmap, reuse: bool) -> None:
         if self._closed:
             return
+        if not reuse:  # given away: a new one takes its place
+            self._allocated -= 1
+            if self._cur is not None:
+                return
+            new = self._buffer()
+            if new is None:
+                return
+            buf = new
         if self._cur is None:
             self._cur, self._pos = buf, 0
             if self._paused and self._remaining:
@@ -156,7 +165,7 @@ class BodyReceiver(asyncio.BufferedProtocol):
         if self._allocated < BUFFERS and (not self._allocated or budget is None
                                           or budget.used < budget.limit):
             self._allocated += 1
-            return mmap.mmap(-1, BUFFER)
+            return _new_buffer()
         return None
 
     # -- the transport's side -----------------------------------------------------------
@@ -167,7 +176,7 @@ class BodyReceiver(asyncio.BufferedProtocol):
                 self._scratch = bytearray(64 * 1024)
             return memoryview(self._scratch)
         if self._cur is None:  # bytes read before the pause took effect: never dropped
-            self._cur, self._pos = mmap.mmap(-1, BUFFER), 0
+            self._cur, self._pos = _new_buffer(), 0
             self._allocated += 1
         end = min(BUFFER, self._pos + self._remaining)
         return memoryview(self._cur)[self._pos:end]
@@ -185,7 +194,7 @@ class BodyReceiver(asyncio.BufferedProtocol):
         buf, n = self._cur, self._pos
         assert buf is not None
         chunk: Chunk = buf if n == BUFFER else memoryview(buf)[:n]
-        self._ready.append((chunk, lambda: self._release(buf)))
+        self._ready.append((chunk, lambda reuse: self._release(buf, reuse)))
         self._cur, self._pos = self._buffer(), 0
         if self._cur is None and self._remaining and not self._paused:
             self._paused = True
@@ -225,3 +234,14 @@ class BodyReceiver(asyncio.BufferedProtocol):
     def _wake(self) -> None:
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
+
+
+def _new_buffer() -> mmap.mmap:
+    """A page-aligned BUFFER: one huge page where the kernel aligns it so (Linux 6.7+ does for
+    anonymous mappings of 2 MiB), one fault and one clear instead of 512."""
+    buf = mmap.mmap(-1, BUFFER)
+    try:
+        buf.madvise(mmap.MADV_HUGEPAGE)
+    except (AttributeError, OSError):
+        pass  # no transparent huge pages here: 4 KiB pages, as any mapping
+    return buf

@@ -105,7 +105,7 @@ async def collect(receiver: BodyReceiver, kinds: list[type] | None = None) -> li
         if kinds is not None:
             kinds.append(type(chunk))
         if release is not None:
-            release()
+            release(True)
     return out
 
 
@@ -163,14 +163,41 @@ async def test_reading_pauses_while_the_consumer_holds_every_buffer(
         got = [bytes(c) for c, _ in held]
         for _, release in held:
             assert release is not None
-            release()
+            release(True)
         chunk, release = await later
         got.append(bytes(chunk))
         assert release is not None
-        release()
+        release(True)
         got += await collect(receiver)
         receiver.close()
     assert b"".join(got) == BODY
+
+
+@pytest.mark.parametrize("reuse", [True, False])
+async def test_a_buffer_given_back_as_kept_is_never_filled_again(
+        server: Callable[[ssl.SSLContext | None], Awaitable[str]], reuse: bool) -> None:
+    """A buffer readers keep (reuse=False) is left alone for good: the body goes on in new
+    ones, and what the readers hold still reads as it did."""
+    base = await server(None)
+    async with aiohttp.ClientSession() as session, session.get(f"{base}/plain") as resp:
+        receiver = BodyReceiver.take(resp)
+        assert receiver is not None
+        seen: list[tuple[mmap.mmap, bytes]] = []
+        got: list[bytes] = []
+        async for chunk, release in receiver.chunks():
+            got.append(bytes(chunk))
+            if isinstance(chunk, mmap.mmap):
+                seen.append((chunk, bytes(chunk)))
+            assert release is not None
+            release(reuse)
+        receiver.close()
+    assert b"".join(got) == BODY
+    distinct = len({id(buf) for buf, _ in seen})
+    if reuse:
+        assert distinct <= BUFFERS
+    else:
+        assert distinct == len(seen)
+        assert all(bytes(buf) == first for buf, first in seen)  # none written again
 
 
 async def test_over_the_ahead_budget_a_body_reads_into_one_buffer(
@@ -190,11 +217,11 @@ async def test_over_the_ahead_budget_a_body_reads_into_one_buffer(
         assert not done
         got = [bytes(chunk)]
         assert release is not None
-        release()
+        release(True)
         chunk, release = await later
         got.append(bytes(chunk))
         assert release is not None
-        release()
+        release(True)
         budget.change(-budget.limit)
         got += await collect(receiver)
         receiver.close()
@@ -242,7 +269,7 @@ async def test_holding_every_buffer_longer_than_sock_read_is_no_stall(
         got = [bytes(c) for c, _ in held]
         for _, release in held:
             assert release is not None
-            release()
+            release(True)
         got += await collect(receiver)
         receiver.close()
     assert b"".join(got) == BODY
