@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import mmap
+import sys
 from collections.abc import AsyncIterator, Callable
 from typing import TypeAlias
 
@@ -31,6 +32,7 @@ BUFFER = DIRECT_BUFFER  # one buffer is one O_DIRECT write: no staging copy
 # a buffer is made only while the process's downloads hold less than their AheadBudget:
 # many bodies at once then go one buffer each, as the budget has them go one batch each.
 BUFFERS = 3
+LENT = 4  # buffers given away to readers that are kept for reuse, per body
 TAKE_MIN = 4 * BUFFER  # shorter bodies stay with aiohttp (and their connection is reused)
 
 # Gives a buffer back: reuse=False when something may still hold it (BlobFetch.recent).
@@ -56,6 +58,9 @@ class BodyReceiver(asyncio.BufferedProtocol):
         self._remaining = remaining  # bytes of the body not yet received
         self._timeout = timeout
         self._free: list[mmap.mmap] = []
+        # Buffers given away to readers (BlobFetch.recent, queued client writes): taken back
+        # once nothing else refers to them, dropped past LENT.
+        self._lent: collections.deque[mmap.mmap] = collections.deque()
         self._allocated = 0
         self._cur: mmap.mmap | None = None
         self._pos = 0
@@ -135,6 +140,7 @@ class BodyReceiver(asyncio.BufferedProtocol):
             self._timer.cancel()
         self._ready.clear()
         self._free.clear()
+        self._lent.clear()
         self._cur = None
         self._transport.close()
 
@@ -143,6 +149,9 @@ class BodyReceiver(asyncio.BufferedProtocol):
             return
         if not reuse:  # given away: a new one takes its place
             self._allocated -= 1
+            self._lent.append(buf)
+            if len(self._lent) > LENT:
+                self._lent.popleft()  # freed when its last holder lets go
             if self._cur is not None:
                 return
             new = self._buffer()
@@ -165,7 +174,17 @@ class BodyReceiver(asyncio.BufferedProtocol):
         if self._allocated < BUFFERS and (not self._allocated or budget is None
                                           or budget.used < budget.limit):
             self._allocated += 1
-            return _new_buffer()
+            return self._reclaim() or _new_buffer()
+        return None
+
+    def _reclaim(self) -> mmap.mmap | None:
+        """A lent buffer nothing refers to any more. Every view of an mmap (a slice in a
+        transport's queue too) holds a reference to it, so a count of ours alone (the deque's,
+        the loop variable's and getrefcount's own) means no one can read it again."""
+        for buf in self._lent:
+            if sys.getrefcount(buf) <= 3:
+                self._lent.remove(buf)
+                return buf
         return None
 
     # -- the transport's side -----------------------------------------------------------
