@@ -28,11 +28,12 @@ from mirror.fetch.budget import AheadBudget
 from mirror.store.temp import DIRECT_BUFFER, Chunk
 
 BUFFER = DIRECT_BUFFER  # one buffer is one O_DIRECT write: no staging copy
-# Per body: one filling, two with the lanes (they may be MAX_AHEAD behind). Past the first,
-# a buffer is made only while the process's downloads hold less than their AheadBudget:
-# many bodies at once then go one buffer each, as the budget has them go one batch each.
-BUFFERS = 3
-LENT = 4  # buffers given away to readers that are kept for reuse, per body
+# Per body: one filling, one with the lanes (2 MiB take them 1.5 ms, less than the socket takes
+# to fill the next). A third bought no speed and cost 2 MiB per download at once (five cold
+# layers: peak RSS 70 -> 77 MiB, bench/README.md). Past the first, a buffer is made only while
+# the process's downloads hold less than their AheadBudget.
+BUFFERS = 2
+LENT = 2  # buffers given away to readers that are kept for reuse, per body
 TAKE_MIN = 4 * BUFFER  # shorter bodies stay with aiohttp (and their connection is reused)
 
 # Gives a buffer back: reuse=False when something may still hold it (BlobFetch.recent).
