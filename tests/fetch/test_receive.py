@@ -6,6 +6,7 @@ when the upstream ignores Range."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import mmap
 import os
 import ssl
@@ -20,12 +21,12 @@ from mirror.config.model import UpstreamConfig
 from mirror.fetch.budget import AheadBudget
 from mirror.fetch.coalesce import BlobFetch
 from mirror.fetch.download import WriteBehind, download_into
-from mirror.fetch.receive import BUFFER, BUFFERS, TAKE_MIN, BodyReceiver
+from mirror.fetch.receive import BUFFER, BUFFERS, TAKE_MIN, BodyReceiver, Release
 from mirror.observe.metrics import Metrics
 from mirror.oci.models import Digest
 from mirror.store.db import Database
 from mirror.store.disk import DiskTier
-from mirror.store.temp import TempBlob
+from mirror.store.temp import Chunk, TempBlob
 from mirror.upstream.client import UpstreamClient
 from tests.support.certs import TestCA
 
@@ -97,6 +98,21 @@ async def server() -> AsyncIterator[Callable[[ssl.SSLContext | None], Awaitable[
         await runner.cleanup()
 
 
+@contextlib.asynccontextmanager
+async def taken(url: str, budget: AheadBudget | None = None, client_timeout: aiohttp.ClientTimeout
+                | None = None, ssl_ctx: ssl.SSLContext | bool = True
+                ) -> AsyncIterator[BodyReceiver]:
+    """GET `url` and take its body (it must be taken); closed on the way out."""
+    async with aiohttp.ClientSession(timeout=client_timeout or aiohttp.ClientTimeout()) as session, \
+            session.get(url, ssl=ssl_ctx) as resp:
+        receiver = BodyReceiver.take(resp, budget)
+        assert receiver is not None
+        try:
+            yield receiver
+        finally:
+            receiver.close()
+
+
 async def collect(receiver: BodyReceiver, kinds: list[type] | None = None) -> list[bytes]:
     """Every chunk (copied), each released once taken; `kinds` gets each chunk's type."""
     out: list[bytes] = []
@@ -107,6 +123,23 @@ async def collect(receiver: BodyReceiver, kinds: list[type] | None = None) -> li
         if release is not None:
             release(True)
     return out
+
+
+async def stuck_until_given_back(chunks: AsyncIterator[tuple[Chunk, Release | None]],
+                                 held: list[tuple[Chunk, Release | None]]) -> list[bytes]:
+    """Asserts no next chunk comes while `held` are held, gives them back, then takes the
+    next chunk: the bytes of all of them, in order."""
+    later = asyncio.ensure_future(anext(chunks))
+    done, _ = await asyncio.wait([later], timeout=0.5)
+    assert not done
+    got = [bytes(c) for c, _ in held]
+    for _, release in held:
+        assert release is not None
+        release(True)
+    chunk, release = await later
+    assert release is not None
+    release(True)
+    return [*got, bytes(chunk)]
 
 
 @pytest.mark.parametrize("tls", [False, True])
@@ -122,14 +155,9 @@ async def test_a_big_plain_body_is_taken_whole_in_block_sized_buffers(
         context.load_cert_chain(issued.cert, issued.key)
         client_ctx = ssl.create_default_context(cafile=str(ca.cert))
     base = await server(context)
-    async with aiohttp.ClientSession() as session, session.get(f"{base}/plain", ssl=client_ctx) as resp:
-        receiver = BodyReceiver.take(resp)
-        assert receiver is not None
+    async with taken(f"{base}/plain", ssl_ctx=client_ctx) as receiver:
         kinds: list[type] = []
-        try:
-            got = await collect(receiver, kinds)
-        finally:
-            receiver.close()
+        got = await collect(receiver, kinds)
     assert b"".join(got) == BODY
     # Every buffer but the last is a whole page-aligned one: the O_DIRECT writer takes them
     # as they are.
@@ -150,26 +178,13 @@ async def test_small_chunked_or_encoded_bodies_stay_with_aiohttp(
 async def test_reading_pauses_while_the_consumer_holds_every_buffer(
         server: Callable[[ssl.SSLContext | None], Awaitable[str]]) -> None:
     base = await server(None)
-    async with aiohttp.ClientSession() as session, session.get(f"{base}/plain") as resp:
-        receiver = BodyReceiver.take(resp)
-        assert receiver is not None
+    async with taken(f"{base}/plain") as receiver:
         chunks = receiver.chunks()
         held = [await anext(chunks) for _ in range(BUFFERS)]
         # The whole body is on its way (loopback buffers hold megabytes), yet no further
         # buffer fills while all of them are held.
-        later = asyncio.ensure_future(anext(chunks))
-        done, _ = await asyncio.wait([later], timeout=0.5)
-        assert not done
-        got = [bytes(c) for c, _ in held]
-        for _, release in held:
-            assert release is not None
-            release(True)
-        chunk, release = await later
-        got.append(bytes(chunk))
-        assert release is not None
-        release(True)
+        got = await stuck_until_given_back(chunks, held)
         got += await collect(receiver)
-        receiver.close()
     assert b"".join(got) == BODY
 
 
@@ -179,9 +194,7 @@ async def test_a_buffer_given_back_as_kept_is_never_filled_again(
     """A buffer readers keep (reuse=False) is left alone for good: the body goes on in new
     ones, and what the readers hold still reads as it did."""
     base = await server(None)
-    async with aiohttp.ClientSession() as session, session.get(f"{base}/plain") as resp:
-        receiver = BodyReceiver.take(resp)
-        assert receiver is not None
+    async with taken(f"{base}/plain") as receiver:
         seen: list[tuple[mmap.mmap, bytes]] = []
         got: list[bytes] = []
         async for chunk, release in receiver.chunks():
@@ -190,7 +203,6 @@ async def test_a_buffer_given_back_as_kept_is_never_filled_again(
                 seen.append((chunk, bytes(chunk)))
             assert release is not None
             release(reuse)
-        receiver.close()
     assert b"".join(got) == BODY
     distinct = len({id(buf) for buf, _ in seen})
     if reuse:
@@ -207,36 +219,20 @@ async def test_over_the_ahead_budget_a_body_reads_into_one_buffer(
     base = await server(None)
     budget = AheadBudget()
     budget.change(budget.limit)
-    async with aiohttp.ClientSession() as session, session.get(f"{base}/plain") as resp:
-        receiver = BodyReceiver.take(resp, budget)
-        assert receiver is not None
+    async with taken(f"{base}/plain", budget=budget) as receiver:
         chunks = receiver.chunks()
-        chunk, release = await anext(chunks)
-        later = asyncio.ensure_future(anext(chunks))
-        done, _ = await asyncio.wait([later], timeout=0.5)
-        assert not done
-        got = [bytes(chunk)]
-        assert release is not None
-        release(True)
-        chunk, release = await later
-        got.append(bytes(chunk))
-        assert release is not None
-        release(True)
+        got = await stuck_until_given_back(chunks, [await anext(chunks)])
         budget.change(-budget.limit)
         got += await collect(receiver)
-        receiver.close()
     assert b"".join(got) == BODY
 
 
 async def test_a_body_cut_short_is_a_payload_error(
         server: Callable[[ssl.SSLContext | None], Awaitable[str]]) -> None:
     base = await server(None)
-    async with aiohttp.ClientSession() as session, session.get(f"{base}/cut") as resp:
-        receiver = BodyReceiver.take(resp)
-        assert receiver is not None
+    async with taken(f"{base}/cut") as receiver:
         with pytest.raises(aiohttp.ClientPayloadError):
             await collect(receiver)
-        receiver.close()
 
 
 async def test_a_stalled_body_times_out(
@@ -244,25 +240,18 @@ async def test_a_stalled_body_times_out(
     base = await server(None)
     timeout = aiohttp.ClientTimeout(sock_read=0.4)
     loop = asyncio.get_running_loop()
-    async with aiohttp.ClientSession(timeout=timeout) as session, \
-            session.get(f"{base}/stall") as resp:
-        receiver = BodyReceiver.take(resp)
-        assert receiver is not None
+    async with taken(f"{base}/stall", client_timeout=timeout) as receiver:
         start = loop.time()
         with pytest.raises(TimeoutError):
             await collect(receiver)
         assert loop.time() - start < 5  # sock_read, checked four times per period
-        receiver.close()
 
 
 async def test_holding_every_buffer_longer_than_sock_read_is_no_stall(
         server: Callable[[ssl.SSLContext | None], Awaitable[str]]) -> None:
     base = await server(None)
     timeout = aiohttp.ClientTimeout(sock_read=0.4)
-    async with aiohttp.ClientSession(timeout=timeout) as session, \
-            session.get(f"{base}/plain") as resp:
-        receiver = BodyReceiver.take(resp)
-        assert receiver is not None
+    async with taken(f"{base}/plain", client_timeout=timeout) as receiver:
         chunks = receiver.chunks()
         held = [await anext(chunks) for _ in range(BUFFERS)]
         await asyncio.sleep(1.0)  # paused by us, not by the upstream
@@ -271,7 +260,6 @@ async def test_holding_every_buffer_longer_than_sock_read_is_no_stall(
             assert release is not None
             release(True)
         got += await collect(receiver)
-        receiver.close()
     assert b"".join(got) == BODY
 
 
