@@ -281,7 +281,7 @@ class WriteBehind:
         """Hand `chunks` to the lanes. `releases` give back the buffers some chunks are in
         (fetch.receive) once both lanes are done with them: for reuse, unless readers keep
         them (BlobFetch.recent; a queued client write may also hold a view of them), in
-        which case they are left to be freed when the last reference goes."""
+        which case they are lent, taken back only once nothing else refers to them."""
         if self._direct_min is not None and self.queued == 0 and (
                 self._fetch.size or 0) >= self._direct_min:
             self._fetch.temp.use_direct()

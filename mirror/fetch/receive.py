@@ -7,7 +7,8 @@ Python objects per read. Measured on this project's machine (bench/README.md, is
 probe that received into aligned buffers instead ran 914 MB/s at 1.14 CPU-s per GB where the
 same probe on aiohttp's receive path ran 716 at 1.49. Here the socket fills 2 MiB buffers
 (recv_into, one copy), which are hashed and written O_DIRECT from that memory and come back
-for reuse once both lanes are done with them.
+for reuse once both lanes are done with them. Readers are sent the same memory: a buffer they
+keep is lent, and refilled only once nothing refers to it any more (`_reclaim`).
 
 Only plain Content-Length bodies are taken (no chunked transfer, no content encoding), and only
 big ones: a small body is read as before and its connection goes back to the pool. A taken
@@ -101,12 +102,12 @@ class BodyReceiver(asyncio.BufferedProtocol):
         if (not isinstance(transport, asyncio.Transport) or transport.is_closing()
                 or proto is None):
             return None
+        remaining = length - content.total_bytes  # total_bytes: what its parser was fed
+        if remaining <= 0:  # cannot be while not at EOF; leave the rest to aiohttp
+            return None
         # What aiohttp has parsed so far (the reads that came with the headers); nothing
         # more reaches its parser once the transport feeds us.
         head = content.read_nowait()
-        remaining = length - content.total_bytes
-        if remaining <= 0:  # cannot be while not at EOF; leave the rest to aiohttp
-            return None
         timeout = getattr(proto, "read_timeout", None)
         drop = getattr(proto, "_drop_timeout", None)
         if callable(drop):  # its sock_read timer would fire on a body it no longer sees
