@@ -35,17 +35,17 @@ from tests.support.images import ImagePusher, big_layer
 from tests.support.mirror_proc import MirrorProcess, free_port, mirror_config
 from tests.support.registry import RegistryProcess
 
-CACHES = ("mirror", "zerocopy", "distribution", "nginx", "direct")
+CACHES = ("mirror", "zerocopy", "zerothreads", "distribution", "nginx", "direct")
 
 
 @contextmanager
 def start(name: str, upstream: RegistryProcess, work: Path, trees: list[Path]) -> Iterator[Running]:
     if name == "direct":
         yield Running(name, f"127.0.0.1:{upstream.port}", 0)
-    elif name == "zerocopy":  # the probe of what the cold path could cost (bench/zerocopy.py)
+    elif name in ("zerocopy", "zerothreads"):  # probes of what the cold path could cost
         port = free_port()
         root = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=work))
-        with subprocess.Popen([sys.executable, "-m", "bench.zerocopy", str(port),
+        with subprocess.Popen([sys.executable, "-m", f"bench.{name}", str(port),
                                str(upstream.port), str(root)], stdout=subprocess.PIPE,
                               text=True) as proc:
             assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"

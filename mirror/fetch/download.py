@@ -65,54 +65,12 @@ async def download_into(client: UpstreamClient, repo: str, digest: Digest, fetch
                 if size is not None and not tier.has_room(size):
                     raise DiskFull(f"no room for {size} bytes of {digest} in {tier.root}")
                 fetch.set_size(size)
-            received = metrics.upstream_bytes.labels(client.name)
-            batch: list[Chunk] = []
-            releases: list[Release] = []
-            batch_len = 0
-            receiver = BodyReceiver.take(resp, writer.budget)
-            # aiohttp keeps its default buffer limit: a paused read holds one read.
-            reads = BodyReads(resp, writer.budget) if receiver is None else None
             try:
-                async for chunk, release in (receiver.chunks() if receiver is not None
-                                             else _aiohttp_chunks(resp)):
-                    # Counted as received: bytes we skip or then reject still cost
-                    # upstream bandwidth.
-                    received.inc(len(chunk))
-                    if skip:
-                        cut = min(skip, len(chunk))
-                        # What is kept is copied and the buffer goes back at once: skipped
-                        # buffers are never submitted, and a receiver whose buffers are all
-                        # held reads no more.
-                        chunk, skip = bytes(memoryview(chunk)[cut:]), skip - cut
-                        if release is not None:
-                            release(True)
-                            release = None
-                    if release is not None:
-                        releases.append(release)
-                    if not chunk:
-                        continue
-                    batch.append(chunk)
-                    batch_len += len(chunk)
-                    if fetch.size is not None and writer.queued + batch_len > fetch.size:
-                        raise VerificationError(f"upstream sent more than {fetch.size} bytes "
-                                                f"for {digest}")
-                    if batch_len >= WRITE_BATCH:
-                        await writer.submit(batch, releases)
-                        batch, batch_len, releases = [], 0, []
-                        if reads is not None:
-                            reads.adjust()
-                if batch:
-                    await writer.submit(batch, releases)
-                    batch = []
-                await writer.drain()
-                if fetch.size is not None and temp.written < fetch.size:
-                    raise aiohttp.ClientPayloadError("upstream body ended early")
+                received = metrics.upstream_bytes.labels(client.name)
+                await body_into(resp, fetch, writer, received.inc, "upstream", skip)
                 return
             except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError,
                     TimeoutError) as e:
-                if batch:
-                    await writer.submit(batch, releases)
-                await writer.drain()
                 attempts += 1
                 if attempts > RESUME_ATTEMPTS:
                     raise UpstreamUnavailable(
@@ -120,18 +78,76 @@ async def download_into(client: UpstreamClient, repo: str, digest: Digest, fetch
                         f"{temp.written} bytes: {type(e).__name__}") from None
                 log.info("resuming %s from %s at byte %d after %s", digest, client.name,
                          temp.written, type(e).__name__)
-            finally:
-                if reads is not None:
-                    reads.close()
-                if receiver is not None:
-                    receiver.close()
         finally:
             resp.release()
 
 
-async def _aiohttp_chunks(resp: aiohttp.ClientResponse
+async def body_into(resp: aiohttp.ClientResponse, fetch: BlobFetch, writer: WriteBehind,
+                    count: Callable[[int], None], source: str, skip: int = 0,
+                    stall: float | None = None) -> None:
+    """`resp`'s body (past its first `skip` bytes) into fetch.temp through `writer`, in
+    WRITE_BATCH batches; `count` is told of every byte received. A body that breaks off
+    (ClientError, or no bytes for `stall` seconds, or the session's sock_read when None) raises
+    once what did arrive is hashed and written: the next attempt resumes from it. Big plain
+    bodies are read past aiohttp (fetch.receive), the rest through its reader."""
+    batch: list[Chunk] = []
+    releases: list[Release] = []
+    batch_len = 0
+    receiver = BodyReceiver.take(resp, writer.budget, stall)
+    # aiohttp keeps its default buffer limit: a paused read holds one read.
+    reads = BodyReads(resp, writer.budget) if receiver is None else None
+    try:
+        try:
+            async for chunk, release in (receiver.chunks() if receiver is not None
+                                         else _aiohttp_chunks(resp, stall)):
+                count(len(chunk))  # skipped or then rejected bytes cost bandwidth too
+                if skip:
+                    cut = min(skip, len(chunk))
+                    # What is kept is copied and the buffer goes back at once: skipped
+                    # buffers are never submitted, and a receiver whose buffers are all held
+                    # reads no more.
+                    chunk, skip = bytes(memoryview(chunk)[cut:]), skip - cut
+                    if release is not None:
+                        release(True)
+                        release = None
+                if release is not None:
+                    releases.append(release)
+                if not chunk:
+                    continue
+                batch.append(chunk)
+                batch_len += len(chunk)
+                if fetch.size is not None and writer.queued + batch_len > fetch.size:
+                    raise VerificationError(f"{source} sent more than {fetch.size} bytes "
+                                            f"for {fetch.key}")
+                if batch_len >= WRITE_BATCH:
+                    await writer.submit(batch, releases)
+                    batch, batch_len, releases = [], 0, []
+                    if reads is not None:
+                        reads.adjust()
+            if fetch.size is not None and writer.queued + batch_len < fetch.size:
+                raise aiohttp.ClientPayloadError(f"{source} ended the body early")
+        except (aiohttp.ClientError, TimeoutError):
+            if batch:  # kept: the next attempt resumes after it
+                await writer.submit(batch, releases)
+            await writer.drain()
+            raise
+        if batch:
+            await writer.submit(batch, releases)
+        await writer.drain()
+    finally:
+        if reads is not None:
+            reads.close()
+        if receiver is not None:
+            receiver.close()
+
+
+async def _aiohttp_chunks(resp: aiohttp.ClientResponse, stall: float | None
                           ) -> AsyncIterator[tuple[Chunk, Release | None]]:
-    async for chunk, _ in resp.content.iter_chunks():
+    while True:
+        async with asyncio.timeout(stall):  # None: the session's sock_read watches instead
+            chunk, end = await resp.content.readchunk()
+        if not chunk and not end:
+            return
         yield chunk, None
 
 

@@ -17,7 +17,7 @@ import aiohttp
 
 from mirror.fetch.budget import AheadBudget
 from mirror.fetch.coalesce import BlobFetch
-from mirror.fetch.download import WRITE_BATCH, WriteBehind
+from mirror.fetch.download import WriteBehind, body_into
 from mirror.fetch.peers import PeerSet
 from mirror.observe.metrics import Metrics
 from mirror.oci.apipath import PEER_PREFIX
@@ -142,8 +142,6 @@ class PeerClient:
                     raise DiskFull(f"no room for {size} bytes of {digest} in {self.tier.root}")
                 fetch.set_size(size)
             await self._body(resp, fetch, background)
-            if fetch.size is not None and temp.written < fetch.size:
-                raise PeerFailed(f"body ended after {temp.written} bytes")
 
     async def _open(self, peer: str, url: str, params: dict[str, str],
                     headers: dict[str, str]) -> aiohttp.ClientResponse:
@@ -181,29 +179,9 @@ class PeerClient:
     async def _body(self, resp: aiohttp.ClientResponse, fetch: BlobFetch,
                     background: Callable[[], Executor] | None) -> None:
         writer = WriteBehind(fetch, background, self.direct_io, self.budget)
-        received = self.metrics.peer_bytes.labels("received")
-        batch: list[bytes] = []
-        batch_len = 0
         try:
-            try:
-                while True:
-                    async with asyncio.timeout(self.peers.config.peer_timeout):  # a stall
-                        chunk, end = await resp.content.readchunk()
-                    if not chunk and not end:
-                        break
-                    received.inc(len(chunk))
-                    batch.append(chunk)
-                    batch_len += len(chunk)
-                    if fetch.size is not None and writer.queued + batch_len > fetch.size:
-                        raise VerificationError(f"a peer sent more than {fetch.size} bytes "
-                                                f"for {fetch.key}")
-                    if batch_len >= WRITE_BATCH:
-                        await writer.submit(batch)
-                        batch, batch_len = [], 0
-            finally:
-                if batch:  # what arrived before a break is kept: the next source resumes
-                    await writer.submit(batch)
-                await writer.drain()
+            await body_into(resp, fetch, writer, self.metrics.peer_bytes.labels("received").inc,
+                            "a peer", stall=self.peers.config.peer_timeout)
         finally:
             await writer.close()
 

@@ -86,10 +86,12 @@ class BodyReceiver(asyncio.BufferedProtocol):
             self._timer = self._loop.call_later(timeout / 4, self._check_stall)
 
     @classmethod
-    def take(cls, resp: aiohttp.ClientResponse,
-             budget: AheadBudget | None = None) -> BodyReceiver | None:
+    def take(cls, resp: aiohttp.ClientResponse, budget: AheadBudget | None = None,
+             stall: float | None = None) -> BodyReceiver | None:
         """Take `resp`'s connection for the rest of its body, or None to leave it to aiohttp
-        (small, chunked or encoded bodies, already finished, or a transport we cannot take)."""
+        (small, chunked or encoded bodies, already finished, or a transport we cannot take).
+        A body that sends nothing for `stall` seconds (by default the session's sock_read)
+        fails with TimeoutError."""
         conn = resp.connection
         length = resp.content_length
         content = resp.content
@@ -108,7 +110,7 @@ class BodyReceiver(asyncio.BufferedProtocol):
         # What aiohttp has parsed so far (the reads that came with the headers); nothing
         # more reaches its parser once the transport feeds us.
         head = content.read_nowait()
-        timeout = getattr(proto, "read_timeout", None)
+        timeout = stall if stall is not None else getattr(proto, "read_timeout", None)
         drop = getattr(proto, "_drop_timeout", None)
         if callable(drop):  # its sock_read timer would fire on a body it no longer sees
             drop()

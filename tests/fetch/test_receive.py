@@ -20,7 +20,7 @@ from aiohttp import web
 from mirror.config.model import UpstreamConfig
 from mirror.fetch.budget import AheadBudget
 from mirror.fetch.coalesce import BlobFetch
-from mirror.fetch.download import WriteBehind, download_into
+from mirror.fetch.download import WriteBehind, body_into, download_into
 from mirror.fetch.receive import BUFFER, BUFFERS, TAKE_MIN, BodyReceiver, Release
 from mirror.observe.metrics import Metrics
 from mirror.oci.models import Digest
@@ -76,6 +76,15 @@ async def stall(request: web.Request) -> web.StreamResponse:
     return resp
 
 
+async def stall_small(request: web.Request) -> web.StreamResponse:
+    """A body too small to be taken: 1 MiB of it, then nothing for 30 s."""
+    resp = web.StreamResponse(headers={"Content-Length": str(TAKE_MIN - 1)})
+    await resp.prepare(request)
+    await resp.write(BODY[:1 << 20])
+    await asyncio.sleep(30)
+    return resp
+
+
 @pytest.fixture
 async def server() -> AsyncIterator[Callable[[ssl.SSLContext | None], Awaitable[str]]]:
     runners: list[web.AppRunner] = []
@@ -83,7 +92,8 @@ async def server() -> AsyncIterator[Callable[[ssl.SSLContext | None], Awaitable[
     async def start(context: ssl.SSLContext | None = None) -> str:
         app = web.Application()
         for name, handler in [("plain", plain), ("small", small), ("chunked", chunked),
-                              ("encoded", encoded), ("cut", cut), ("stall", stall)]:
+                              ("encoded", encoded), ("cut", cut), ("stall", stall),
+                              ("stall_small", stall_small)]:
             app.router.add_get(f"/{name}", handler)
         runner = web.AppRunner(app, shutdown_timeout=0.1)
         await runner.setup()
@@ -337,4 +347,34 @@ async def test_a_taken_body_cut_short_resumes_to_the_whole_blob(
     assert len(upstream.ranges) == 2 and upstream.ranges[1] is not None
     assert int(upstream.ranges[1][6:-1]) >= 2 * BUFFER  # the bytes before the cut were kept
     assert fetch.temp.matches() and Path(fetch.temp.path).read_bytes() == BODY
+    fetch.temp.abort_sync()
+
+
+@pytest.mark.parametrize(("path", "kept"), [("stall", 3 * BUFFER), ("stall_small", 1 << 20)])
+async def test_a_body_that_stalls_past_its_own_limit_keeps_what_came(
+        tmp_path: Path, server: Callable[[ssl.SSLContext | None], Awaitable[str]], path: str,
+        kept: int) -> None:
+    """A peer's body is watched by cluster.peer_timeout, not by the session (which has no
+    sock_read for peers): taken or not, a stall past it fails the read, and the bytes that came
+    before are in the file for the next source to resume after."""
+    base = await server(None)
+    size = len(BODY) if path == "stall" else TAKE_MIN - 1
+    data = BODY[:size]
+    fetch = BlobFetch("k", TempBlob(tmp_path, Digest.of(data), size))
+    fetch.set_size(size)
+    writer = WriteBehind(fetch, direct_min=BUFFER)
+    counted: list[int] = []
+    loop = asyncio.get_running_loop()
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout()) as session, \
+                session.get(f"{base}/{path}") as resp:
+            start = loop.time()
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(
+                    body_into(resp, fetch, writer, counted.append, "a peer", stall=0.4), 10)
+            assert loop.time() - start < 5
+    finally:
+        await writer.close()
+    assert sum(counted) == kept
+    assert fetch.temp.written == kept
     fetch.temp.abort_sync()
