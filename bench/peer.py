@@ -5,8 +5,9 @@
 For each checkout (this one as `mirror`, then the --tree ones as tree1, tree2, ...) two
 `mirror serve` processes run as peers (cluster.*) in front of one distribution upstream. Per
 layer (other bytes each) the node that owns the layer's digest (rendezvous order) is asked
-first, so it holds the layer; then the other node is asked: cold there, it streams the layer
-from the owner, not from the upstream. Reported per checkout: the second GET's MB/s (median),
+first, so it holds the layer (on its disk; for "memory" it is read once more there, into the
+page cache); then the other node is asked: cold there, it streams the layer from the owner,
+not from the upstream. Reported per checkout and case: that GET's MB/s (median),
 the CPU seconds per GB of the asking node until its client has the last byte and of the
 owner over the same time, and the bytes the asking node received from its peer per layer
 (1.00: all of the layer came from the peer). Rounds interleave the checkouts.
@@ -35,6 +36,10 @@ from tests.support.registry import RegistryProcess
 
 SECRET = "bench-peer-secret-0123456789abcdef0123"
 MB = 1e6
+# Where the owner has the layer when it is asked: its disk (just written, O_DIRECT: not in the
+# page cache) or memory (read once since).
+WHERE = ("disk", "memory")
+Run = tuple[float, float, float, float]  # MB/s, asking CPU-s/GB, owner CPU-s/GB, peer bytes
 
 
 @dataclass
@@ -75,7 +80,7 @@ def main() -> None:
     trees.update({f"tree{i + 1}": t for i, t in enumerate(args.tree)})
     names = list(trees)
     print(f"load average at start: {os.getloadavg()}", flush=True)
-    runs: dict[str, list[tuple[float, float, float, float]]] = {n: [] for n in names}
+    runs: dict[str, dict[str, list[Run]]] = {n: {w: [] for w in WHERE} for n in names}
     with tempfile.TemporaryDirectory(prefix="bench-peer-") as tmp, \
             RegistryProcess(log_level="error") as upstream, ExitStack() as stack:
         work = Path(tmp)
@@ -85,34 +90,45 @@ def main() -> None:
             pairs[n] = stack.enter_context(pair(upstream.url, work / n, tree))
         for i in range(args.layers):
             for n in rotated(names, i):
-                blob = push_random_blob(upstream.url, f"bench/peer{i}", args.mb << 20, work)
-                path = f"/v2/bench/peer{i}/blobs/{blob.digest}"
-                owner, other = pairs[n].owner_first(blob.digest)
-                status, size, _ = curl_time(owner.url + path)
-                assert (status, size) == (200, blob.size), (status, size)
-                settle()
-                got0 = peer_received(other)
-                cpu0 = tree_cpu_seconds(pid(other)), tree_cpu_seconds(pid(owner))
-                status, size, seconds = curl_time(other.url + path)
-                assert (status, size) == (200, blob.size), (status, size)
-                cpu1 = tree_cpu_seconds(pid(other)), tree_cpu_seconds(pid(owner))
-                gb = blob.size / 1e9
-                runs[n].append((blob.size / MB / seconds, (cpu1[0] - cpu0[0]) / gb,
-                                (cpu1[1] - cpu0[1]) / gb, peer_received(other) - got0))
-                blob.path.unlink()
-            print(f"   round {i}: " + ", ".join(f"{n} {runs[n][-1][0]:.0f}" for n in names),
-                  flush=True)
+                for where in WHERE:
+                    runs[n][where].append(peer_get(upstream, work, pairs[n], args.mb,
+                                                   f"bench/peer{i}{where[0]}", where))
+            print(f"   round {i}: " + ", ".join(f"{n} {w} {runs[n][w][-1][0]:.0f}" for n in names
+                                                for w in WHERE), flush=True)
         rss = {n: max(tree_rss_mib(pid(x)) for x in p.nodes) for n, p in pairs.items()}
 
-    def med(n: str, k: int) -> float:
-        return float(statistics.median(r[k] for r in runs[n]))
-    rows = [[n, f"{med(n, 0):.0f}", str([round(r[0]) for r in runs[n]]),
-             f"{med(n, 1):.2f}", f"{med(n, 2):.2f}", f"{med(n, 3) / (args.mb << 20):.2f}",
-             f"{rss[n]:.0f}"] for n in names]
+    def med(n: str, w: str, k: int) -> float:
+        return float(statistics.median(r[k] for r in runs[n][w]))
+    rows = [[n, w, f"{med(n, w, 0):.0f}", str([round(r[0]) for r in runs[n][w]]),
+             f"{med(n, w, 1):.2f}", f"{med(n, w, 2):.2f}", f"{med(n, w, 3) / (args.mb << 20):.2f}",
+             f"{rss[n]:.0f}"] for n in names for w in WHERE]
     print(f"\none {args.mb} MiB layer from the peer that holds it, MB/s, median of {args.layers} "
           f"(load average at end: {os.getloadavg()})")
-    print(table(["checkout", "MB/s (median)", "runs", "asking node CPU-s/GB",
-                 "owner CPU-s/GB", "peer bytes / layer", "peak RSS MiB (a node)"], rows))
+    print(table(["checkout", "the owner reads it from", "MB/s (median)", "runs",
+                 "asking node CPU-s/GB", "owner CPU-s/GB", "peer bytes / layer",
+                 "peak RSS MiB (a node)"], rows))
+
+
+def peer_get(upstream: RegistryProcess, work: Path, nodes: Pair, mb: int, repo: str,
+             where: str) -> Run:
+    """A new layer: fetched by its owner, then (for "memory") read once more there so that it
+    is in the page cache, then asked of the other node; what that GET took."""
+    blob = push_random_blob(upstream.url, repo, mb << 20, work)
+    blob.path.unlink()
+    path = f"/v2/{repo}/blobs/{blob.digest}"
+    owner, other = nodes.owner_first(blob.digest)
+    for _ in range(2 if where == "memory" else 1):
+        status, size, _ = curl_time(owner.url + path)
+        assert (status, size) == (200, blob.size), (status, size)
+    settle()
+    got0 = peer_received(other)
+    cpu0 = tree_cpu_seconds(pid(other)), tree_cpu_seconds(pid(owner))
+    status, size, seconds = curl_time(other.url + path)
+    assert (status, size) == (200, blob.size), (status, size)
+    cpu1 = tree_cpu_seconds(pid(other)), tree_cpu_seconds(pid(owner))
+    gb = blob.size / 1e9
+    return (blob.size / MB / seconds, (cpu1[0] - cpu0[0]) / gb, (cpu1[1] - cpu0[1]) / gb,
+            peer_received(other) - got0)
 
 
 def peer_received(node: MirrorProcess) -> float:
