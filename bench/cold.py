@@ -31,6 +31,7 @@ from pathlib import Path
 from bench.common import table
 from bench.compare import Running, rotated, start_cache
 from bench.measure import ColdGet, cold_get, tree_rss_mib
+from tests.support.certs import TestCA
 from tests.support.images import ImagePusher, big_layer
 from tests.support.mirror_proc import MirrorProcess, free_port, mirror_config
 from tests.support.registry import RegistryProcess
@@ -75,22 +76,40 @@ def main() -> None:
                     help="checkouts run as tree1, tree2, ...")
     ap.add_argument("--only", nargs="*", choices=CACHES,
                     default=["mirror", "distribution", "nginx", "direct"])
+    ap.add_argument("--tls", action="store_true",
+                    help="the upstream serves https (as Docker Hub and its CDN do); the caches "
+                         "and curl trust its test CA through SSL_CERT_FILE / CURL_CA_BUNDLE")
     args = ap.parse_args()
+    if args.tls and {"zerocopy", "zerothreads"} & set(args.only):
+        ap.error("the probes speak plain HTTP only")
     names = list(args.only)
     names[1:1] = [f"tree{i + 1}" for i in range(len(args.tree))]
     print(f"load average at start: {os.getloadavg()}", flush=True)
-    with tempfile.TemporaryDirectory(prefix="bench-cold-") as tmp, \
-            RegistryProcess(log_level="error") as upstream:
+    with tempfile.TemporaryDirectory(prefix="bench-cold-") as tmp, ExitStack() as up_stack:
         work = Path(tmp)
-        p = ImagePusher(upstream.url)
-        images = [p.push_image(f"bench/cold{i}", "1", [big_layer(args.mb, seed=f"cold{i}-{args.mb}")])
-                  for i in range(args.layers)]
+        # Pushed over plain HTTP (the pusher speaks nothing else); with --tls the same storage
+        # is then served by an https instance.
+        root = work / "upstream"
+        with RegistryProcess(log_level="error", root=root) as plain:
+            p = ImagePusher(plain.url)
+            images = [p.push_image(f"bench/cold{i}", "1",
+                                   [big_layer(args.mb, seed=f"cold{i}-{args.mb}")])
+                      for i in range(args.layers)]
+        tls = None
+        if args.tls:
+            ca = TestCA(work / "ca")
+            issued = ca.server()
+            tls = (issued.cert, issued.key)
+            os.environ["SSL_CERT_FILE"] = os.environ["CURL_CA_BUNDLE"] = str(ca.cert)
+        upstream = up_stack.enter_context(RegistryProcess(log_level="error", root=root, tls=tls))
+        scheme = "https" if args.tls else "http"
         runs: dict[str, list[ColdGet]] = {n: [] for n in names}
         with ExitStack() as stack:
             running = {n: stack.enter_context(start(n, upstream, work, args.tree)) for n in names}
             for i, image in enumerate(images):
                 for n in rotated(names, i):
-                    runs[n].append(cold_get(running[n].hostport, running[n].pid, image, upstream))
+                    runs[n].append(cold_get(running[n].hostport, running[n].pid, image, upstream,
+                                            scheme if n == "direct" else "http"))
                 print(f"   round {i}: " + ", ".join(f"{n} {runs[n][-1].mbs:.0f}" for n in names),
                       flush=True)
             rss = {n: tree_rss_mib(c.pid) for n, c in running.items() if c.pid}
@@ -101,7 +120,8 @@ def main() -> None:
              f"{m / med(n, 'mbs'):.2f}x" if m else "-",
              f"{med(n, 'cpu'):.2f} + {med(n, 'after'):.2f}" if n != "direct" else "-",
              f"{med(n, 'upstream_cpu'):.2f}", f"{med(n, 'upstream_sent'):.2f}"] for n in names]
-    print(f"\none {args.mb} MiB layer cold, MB/s, median of {args.layers} "
+    print(f"\none {args.mb} MiB layer cold{' from an https upstream' if args.tls else ''}, MB/s, "
+          f"median of {args.layers} "
           f"(load average at end: {os.getloadavg()})")
     print(table(["cache", "MB/s (median)", "runs", "mirror vs it",
                  "cache CPU-s/GB: to the answer + after", "upstream CPU-s/GB",

@@ -89,7 +89,8 @@ class ColdGet:
     upstream_sent: float  # bytes the upstream wrote to sockets, per byte of the layer
 
 
-def cold_get(hostport: str, pid: int, image: PushedImage, upstream: RegistryProcess) -> ColdGet:
+def cold_get(hostport: str, pid: int, image: PushedImage, upstream: RegistryProcess,
+             scheme: str = "http") -> ColdGet:
     """One cold GET, and what it cost the cache and the upstream, counted until the machine
     is quiet again: a cache may go on working after its answer (distribution's proxy fetches
     the blob a second time to store it, bench/README.md)."""
@@ -100,7 +101,7 @@ def cold_get(hostport: str, pid: int, image: PushedImage, upstream: RegistryProc
     upstream_pid = upstream.pid
     c0 = tree_cpu_seconds(pid) if pid else 0.0
     u0, w0 = tree_cpu_seconds(upstream_pid), written_bytes(upstream_pid)
-    status, n, secs = curl_time(f"http://{hostport}/v2/{image.repo}/blobs/{layer.digest}")
+    status, n, secs = curl_time(f"{scheme}://{hostport}/v2/{image.repo}/blobs/{layer.digest}")
     c1 = tree_cpu_seconds(pid) if pid else 0.0
     if (status, n) != (200, layer.size):
         raise SystemExit(f"{hostport}: cold GET gave {status} with {n} of {layer.size} bytes")

@@ -22,7 +22,7 @@ NGINX = "/usr/sbin/nginx"
 
 
 def nginx_conf(port: int, upstream_hostport: str, root: Path, tag_ttl: str = "60s",
-               workers: int = 2) -> str:
+               workers: int = 2, scheme: str = "http") -> str:
     cache = root / "cache"
     # As root, nginx workers would run as nobody and could not enter a 0700 temp directory.
     user = "user root root;" if os.geteuid() == 0 else ""
@@ -62,24 +62,24 @@ http {{
     proxy_cache_use_stale error timeout updating http_500 http_502 http_503 http_504;
 
     location ~ "^/v2/.+/blobs/sha256:[a-f0-9]{{64}}$" {{
-      proxy_pass http://origin;
+      proxy_pass {scheme}://origin;
       proxy_cache blobs;
       proxy_cache_key $uri;
       proxy_cache_valid 200 206 60d;
     }}
     location ~ "^/v2/.+/manifests/sha256:[a-f0-9]{{64}}$" {{
-      proxy_pass http://origin;
+      proxy_pass {scheme}://origin;
       proxy_cache manifests;
       proxy_cache_key $uri;
       proxy_cache_valid 200 60d;
     }}
     location ~ ^/v2/.+/manifests/[^/]+$ {{
-      proxy_pass http://origin;
+      proxy_pass {scheme}://origin;
       proxy_cache manifests;
       proxy_cache_key $uri$http_accept;
       proxy_cache_valid 200 {tag_ttl};
     }}
-    location / {{ proxy_pass http://origin; }}
+    location / {{ proxy_pass {scheme}://origin; }}
   }}
 }}
 """
@@ -89,7 +89,10 @@ class NginxCache:
     """nginx on a free 127.0.0.1 port with its cache under `root` (wiped on stop)."""
 
     def __init__(self, upstream_url: str, root: Path, workers: int = 2) -> None:
-        self.upstream = upstream_url.removeprefix("http://").rstrip("/")
+        # An https upstream is proxied without checking its certificate (nginx 1.22 checks
+        # names, not the IP address the test certificate is for): the same TLS work otherwise.
+        self.scheme = "https" if upstream_url.startswith("https://") else "http"
+        self.upstream = upstream_url.split("://", 1)[1].rstrip("/")
         self.root = root
         self.workers = workers
         self.port = 0
@@ -107,7 +110,8 @@ class NginxCache:
         (self.root / "cache").mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         conf = self.root / "nginx.conf"
-        conf.write_text(nginx_conf(self.port, self.upstream, self.root, workers=self.workers))
+        conf.write_text(nginx_conf(self.port, self.upstream, self.root, workers=self.workers,
+                                  scheme=self.scheme))
         err = str(self.root / "error.log")
         subprocess.run([NGINX, "-q", "-t", "-c", str(conf), "-e", err], check=True)
         self.proc = subprocess.Popen([NGINX, "-c", str(conf), "-e", err],

@@ -26,7 +26,7 @@ def find_binary() -> str | None:
 
 
 def _config_yaml(port: int, storage: Path, log_level: str, proxy_remote_url: str | None,
-                 extra: str = "") -> str:
+                 extra: str = "", tls: tuple[Path, Path] | None = None) -> str:
     q = json.dumps  # JSON strings are valid YAML scalars, so paths/URLs need no hand-escaping
     lines = [
         "version: 0.1",
@@ -47,6 +47,8 @@ def _config_yaml(port: int, storage: Path, log_level: str, proxy_remote_url: str
         "      enabled: false",
         "http:",
         f"  addr: {q(f'127.0.0.1:{port}')}",
+        *(["  tls:", f"    certificate: {q(str(tls[0]))}", f"    key: {q(str(tls[1]))}"]
+          if tls else []),
         "health:",
         "  storagedriver:",
         "    enabled: false",
@@ -81,8 +83,10 @@ class RegistryProcess:
         binary: str | None = None,
         start_timeout: float = 30.0,
         extra_config: str = "",
+        tls: tuple[Path, Path] | None = None,
     ) -> None:
         self.proxy_remote_url = proxy_remote_url
+        self.tls = tls  # (certificate, key): serve https
         self.extra_config = extra_config
         self.log_level = log_level
         self.binary = binary or find_binary()
@@ -96,7 +100,7 @@ class RegistryProcess:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
 
     @property
     def root(self) -> Path:
@@ -140,7 +144,7 @@ class RegistryProcess:
             self.port = free_port()
             self.config_path.write_text(
                 _config_yaml(self.port, self.storage_dir, self.log_level, self.proxy_remote_url,
-                             self.extra_config)
+                             self.extra_config, self.tls)
             )
             with open(self.log_path, "ab") as log:
                 self._proc = subprocess.Popen(
