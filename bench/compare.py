@@ -16,6 +16,10 @@ change in background load hits all of them alike. Measured:
   the bytes the upstream sent per byte of the layer (distribution's proxy answers with a
   plain copy of one upstream GET and stores the blob from a second GET:
   registry/proxy/proxyblobstore.go, ServeBlob)
+- cold blob from an https upstream: the same layers, served over TLS from the same storage by a
+  second upstream instance (as Docker Hub and its CDN serve), through caches of their own and
+  straight from it with curl (--no-tls skips it); the TLS work (the upstream's encryption, the
+  cache's and curl's decryption) shares the same two cores
 - warm blob: GET of the first layer, --runs times more; the median is reported
 - manifest by tag: HEAD (ab -i) and GET (wrk) requests/s, with the one Accept line containerd
   sends (the client that HEADs)
@@ -69,6 +73,7 @@ from bench.measure import (
     tree_rss_mib,
 )
 from bench.nginx import NginxCache
+from tests.support.certs import TestCA
 from tests.support.daemons import Containerd
 from tests.support.images import MT_DOCKER_MANIFEST, ImagePusher, PushedImage, big_layer
 from tests.support.mirror_proc import MirrorProcess, mirror_config
@@ -138,6 +143,7 @@ class Pulls:
 class Result:
     cache: str
     cold: list[ColdGet] = field(default_factory=list)  # each cold GET: MB/s and what it cost
+    cold_tls: list[ColdGet] = field(default_factory=list)  # the same from the https upstream
     warm_blob: float = 0.0  # MB/s, median of runs
     warm_runs: list[float] = field(default_factory=list)
     head_rps: float = 0.0
@@ -159,6 +165,10 @@ class Result:
     @property
     def cold_blob(self) -> float:  # MB/s, median of the cold GETs
         return statistics.median(self.cold_runs) if self.cold else 0.0
+
+    @property
+    def cold_tls_blob(self) -> float:  # MB/s, median of the cold GETs from the https upstream
+        return statistics.median(g.mbs for g in self.cold_tls) if self.cold_tls else 0.0
 
 
 # -- the caches ---------------------------------------------------------------------------------
@@ -219,8 +229,8 @@ class Direct:
         return statistics.median(self.runs) if self.runs else 0.0
 
     def measure(self, image: PushedImage, upstream: RegistryProcess) -> None:
-        hostport = self.url.split("//", 1)[1]
-        self.runs.append(cold_get(hostport, 0, image, upstream).mbs)
+        scheme, hostport = self.url.split("://", 1)
+        self.runs.append(cold_get(hostport, 0, image, upstream, scheme).mbs)
 
 
 class MemoryServer:
@@ -454,11 +464,13 @@ def rotated(names: list[str], i: int) -> list[str]:
 
 def side_by_side(names: list[str], upstream: RegistryProcess, images: Images,
                  args: argparse.Namespace, work: Path, ceiling: MemoryServer,
-                 direct: Direct) -> dict[str, Result]:
+                 direct: Direct, tls: tuple[RegistryProcess, Direct] | None) -> dict[str, Result]:
     """Every cache running at once, idle while another is measured; repeated measurements go
     round-robin (each round starting with the next cache), so a change in the machine's
     background load hits every cache alike."""
     results = {n: Result(n) for n in names}
+    if tls is not None:
+        tls_blobs(names, images, args, work, results, *tls)
     with ExitStack() as stack:
         running = {n: stack.enter_context(start_cache(n, upstream.url, work, args.workers))
                    for n in names}
@@ -494,6 +506,26 @@ def side_by_side(names: list[str], upstream: RegistryProcess, images: Images,
               f"{[round(x, 2) for x in r.herd_walls]}, upstream {r.herd_upstream_mib:.0f} MiB "
               f"in {r.herd_upstream_gets:.0f} GETs per herd", flush=True)
     return results
+
+
+def tls_blobs(names: list[str], images: Images, args: argparse.Namespace, work: Path,
+              results: dict[str, Result], upstream: RegistryProcess, direct: Direct) -> None:
+    """The large layers cold once more, from the same storage served over https (as Docker Hub
+    and its CDN serve), through caches of their own, and straight from it."""
+    with ExitStack() as stack:
+        running = {n: stack.enter_context(start_cache(n, upstream.url, work, args.workers))
+                   for n in names}
+        for i, image in enumerate(images.bigs):
+            for n in rotated([*names, "direct"], i):
+                if n == "direct":
+                    direct.measure(image, upstream)
+                else:
+                    results[n].cold_tls.append(cold_get(running[n].hostport, running[n].pid,
+                                                        image, upstream))
+    print(f"   https upstream: straight from it {direct.median:.0f} MB/s "
+          f"{[round(x) for x in direct.runs]}; " + ", ".join(
+              f"{n} {results[n].cold_tls_blob:.0f} {[round(g.mbs) for g in results[n].cold_tls]}"
+              for n in names), flush=True)
 
 
 def blobs(names: list[str], running: dict[str, Running], images: Images,
@@ -574,7 +606,7 @@ def ratio(a: float, b: float) -> str:
 
 
 def report(results: dict[str, Result], images: Images, args: argparse.Namespace,
-           ceiling: MemoryServer, direct: Direct) -> str:
+           ceiling: MemoryServer, direct: Direct, tls_direct: Direct | None) -> str:
     m, d, n = results.get("mirror"), results.get("distribution"), results.get("nginx")
     m1 = results.get("mirror1")
     herd_mib = sum(b.size for b in images.herds[0].blobs) / MiB if images.herds else 0.0
@@ -612,6 +644,18 @@ def report(results: dict[str, Result], images: Images, args: argparse.Namespace,
         row("  upstream bytes sent per byte of a cold blob (median)",
             lambda r: statistics.median(g.upstream_sent for g in r.cold) if r.cold else 0.0,
             ".2f", True),
+        *([row("cold blob from an https upstream MB/s (median)", lambda r: r.cold_tls_blob,
+               ".0f"),
+           row(f"cold blob from https, share of direct ({tls_direct.median:.0f} MB/s, same "
+               "rounds)", lambda r: r.cold_tls_blob / tls_direct.median
+               if tls_direct.median else 0.0, ".2f"),
+           row("  cache CPU-s/GB of a cold blob from https, to the answer + after (median)",
+               lambda r: statistics.median(g.cpu + g.after for g in r.cold_tls)
+               if r.cold_tls else 0.0, ".2f", True),
+           row("  upstream bytes sent per byte of a cold blob from https (median)",
+               lambda r: statistics.median(g.upstream_sent for g in r.cold_tls)
+               if r.cold_tls else 0.0, ".2f", True)]
+          if tls_direct is not None and tls_direct.runs else []),
         row("HEAD manifest by tag req/s (ab)", lambda r: r.head_rps, ".0f"),
         row("GET manifest by tag req/s (wrk)", lambda r: r.get_rps, ".0f"),
         *(pull_row for layout, name in PULL_NAMES.items() for pull_row in pull_rows(layout, name)),
@@ -681,6 +725,8 @@ def main() -> None:
     ap.add_argument("--pulls-only", action="store_true",
                     help="only the real-client pulls (no large blobs, HEAD or herds first): an "
                          "A/B of cold pulls without the memory churn of the other steps")
+    ap.add_argument("--no-tls", action="store_true",
+                    help="skip the cold layers from an https upstream")
     ap.add_argument("--json", type=Path, help="also write the raw figures here")
     args = ap.parse_args()
     load = os.getloadavg()[0]
@@ -689,19 +735,32 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-compare-"))
     results: dict[str, Result] = {}
     try:
-        with RegistryProcess(log_level="error") as upstream:
+        with RegistryProcess(log_level="error", root=work / "upstream") as upstream, \
+                ExitStack() as tls_stack:
             images = push_images(upstream.url, args)
             ceiling = MemoryServer(images.big_layer[1] if images.bigs else MiB)
             direct = Direct(upstream.url)
+            tls = None
+            if not args.no_tls and not args.pulls_only and images.bigs:
+                # The same storage served over https by a second instance; the caches and
+                # curl trust its test CA.
+                ca = TestCA(work / "ca")
+                issued = ca.server()
+                os.environ["SSL_CERT_FILE"] = os.environ["CURL_CA_BUNDLE"] = str(ca.cert)
+                https = tls_stack.enter_context(RegistryProcess(
+                    log_level="error", root=work / "upstream", tls=(issued.cert, issued.key)))
+                tls = (https, Direct(https.url))
             results = side_by_side(list(args.only), upstream, images, args, work, ceiling,
-                                   direct)
+                                   direct, tls)
             ceiling.close()
         print()
-        print(report(results, images, args, ceiling, direct))
+        print(report(results, images, args, ceiling, direct, tls[1] if tls else None))
         if args.json:
             raw = {k: dataclasses.asdict(v) for k, v in results.items()}
             raw["client_ceiling_mb_s"] = ceiling.runs  # type: ignore[assignment]
             raw["direct_cold_mb_s"] = direct.runs  # type: ignore[assignment]
+            if tls is not None:
+                raw["direct_cold_https_mb_s"] = tls[1].runs  # type: ignore[assignment]
             args.json.write_text(json.dumps(raw, indent=2))
     finally:
         shutil.rmtree(work, ignore_errors=True)
