@@ -23,16 +23,15 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bench.cold import start
 from bench.common import table
-from bench.compare import Running, rotated, start_cache
+from bench.compare import rotated
 from bench.measure import curl_time, settle
 from tests.support.images import ImagePusher, big_layer
-from tests.support.mirror_proc import MirrorProcess, mirror_config
 from tests.support.registry import RegistryProcess
 
 CACHES = ("mirror", "distribution")
@@ -45,22 +44,6 @@ class Runs:
     waits: list[float] = field(default_factory=list)  # seconds, every /v2/ answer
     answers: list[int] = field(default_factory=list)  # /v2/ answers per GET
     longest: list[float] = field(default_factory=list)  # per GET
-
-
-@contextmanager
-def start(name: str, upstream: RegistryProcess, work: Path, trees: list[Path]
-          ) -> Iterator[Running]:
-    if name.startswith("tree"):
-        tree = trees[int(name[4:]) - 1]
-        root = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=work))
-        cfg = mirror_config({"docker.io": upstream.url}, root / "cache", log={"level": "warning"})
-        with MirrorProcess(cfg, workdir=root / "proc",
-                           env={"PYTHONPATH": str(tree.resolve())}) as m:
-            assert m.proc is not None
-            yield Running(name, m.hostport, m.proc.pid)
-    else:
-        with start_cache("mirror1" if name == "mirror" else name, upstream.url, work, 1) as c:
-            yield Running(name, c.hostport, c.pid)
 
 
 def drop_page_cache() -> None:

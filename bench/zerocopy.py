@@ -146,13 +146,18 @@ class Upstream(asyncio.BufferedProtocol):
             self.body.fail(ConnectionError("upstream closed before the body's end"))
 
 
-async def serve_one(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, upstream_port: int,
-                    store: Path, lanes: tuple[ThreadPoolExecutor, ThreadPoolExecutor]) -> None:
+async def read_request(reader: asyncio.StreamReader) -> tuple[str, str]:
+    """A client's GET of a blob: its path and the digest the path ends with."""
     request = await reader.readline()
     while await reader.readline() not in (b"\r\n", b""):
         pass
     path = request.split()[1].decode()
-    digest = path.rsplit("/", 1)[1]
+    return path, path.rsplit("/", 1)[1]
+
+
+async def serve_one(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, upstream_port: int,
+                    store: Path, lanes: tuple[ThreadPoolExecutor, ThreadPoolExecutor]) -> None:
+    path, digest = await read_request(reader)
     temp = store / f"{digest}.part"
     transport = writer.transport
     assert isinstance(transport, asyncio.WriteTransport)

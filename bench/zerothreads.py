@@ -21,6 +21,8 @@ import sys
 import threading
 from pathlib import Path
 
+from bench.zerocopy import read_request
+
 BUF = 2 * 1024 * 1024
 NBUF = 4
 
@@ -146,11 +148,7 @@ class Body:
 
 async def serve_one(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, upstream_port: int,
                     store: Path) -> None:
-    request = await reader.readline()
-    while await reader.readline() not in (b"\r\n", b""):
-        pass
-    path = request.split()[1].decode()
-    digest = path.rsplit("/", 1)[1]
+    path, digest = await read_request(reader)
     temp = store / f"{digest}.part"
     loop = asyncio.get_running_loop()
     try:
