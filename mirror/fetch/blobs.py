@@ -35,7 +35,7 @@ from mirror.oci.errors import (
     VerificationError,
 )
 from mirror.oci.models import Digest
-from mirror.store.disk import DiskTier, is_disk_full
+from mirror.store.disk import DiskTier, is_disk_full, open_for_reading
 from mirror.store.tiered import TieredStore
 from mirror.upstream.client import UpstreamClient
 
@@ -112,7 +112,7 @@ class BlobFetcher:
         # Opened now (see CommittedFile): a file that has gone (evicted by another worker, an
         # operator's delete, a delete/re-commit race) is forgotten and fetched again.
         try:
-            fobj = open(path, "rb")  # noqa: SIM115 - handed to the response or closed by release()
+            fobj = open_for_reading(path)  # handed to the response or closed by release()
         except FileNotFoundError:
             log.warning("cached blob %s has no file any more: fetching it again", digest)
             self.tier.forget(digest)

@@ -125,7 +125,8 @@ async def body_into(resp: aiohttp.ClientResponse, fetch: BlobFetch, writer: Writ
                     if reads is not None:
                         reads.adjust()
             if fetch.size is not None and writer.queued + batch_len < fetch.size:
-                raise aiohttp.ClientPayloadError(f"{source} ended the body early")
+                raise aiohttp.ClientPayloadError(f"{source} ended the body after "
+                                                 f"{writer.queued + batch_len} of {fetch.size} bytes")
         except (aiohttp.ClientError, TimeoutError):
             if batch:  # kept: the next attempt resumes after it
                 await writer.submit(batch, releases)

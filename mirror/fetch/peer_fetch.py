@@ -75,7 +75,9 @@ class PeerClient:
             # is no fault of the peer's; the fetcher handles it as it would for an upstream.
             except (PeerFailed, aiohttp.ClientError, TimeoutError) as e:
                 self.metrics.peer_requests.labels("asked", "failed").inc()
-                why = str(e) if isinstance(e, PeerFailed) else type(e).__name__
+                # A broken body says how far it got; other client errors are named by type.
+                why = (str(e) if isinstance(e, (PeerFailed, aiohttp.ClientPayloadError, TimeoutError))
+                       else type(e).__name__)
                 self.peers.mark_down(peer, why)
                 continue
             self.metrics.peer_requests.labels("asked", "ok").inc()

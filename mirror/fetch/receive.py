@@ -230,7 +230,7 @@ class BodyReceiver(asyncio.BufferedProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if self._remaining and self._error is None:
             error = aiohttp.ClientPayloadError(
-                f"upstream body ended {self._remaining} bytes early")
+                f"the body ended {self._remaining} bytes early")
             error.__cause__ = exc
             self._error = error
         if self._timer is not None:
@@ -248,7 +248,7 @@ class BodyReceiver(asyncio.BufferedProtocol):
         if self._closed or not self._remaining or self._error is not None:
             return
         if not self._paused and self._loop.time() - self._last > self._timeout:
-            self._error = TimeoutError(f"no body bytes from the upstream in {self._timeout} s")
+            self._error = TimeoutError(f"no body bytes in {self._timeout} s")
             self._transport.close()
             self._wake()
             return

@@ -7,6 +7,7 @@ import functools
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from aiohttp import web
@@ -15,7 +16,7 @@ from aiohttp.typedefs import Middleware
 from mirror.airgap.warm import start_warming
 from mirror.auth.clientauth import CLIENT_AUTH, ClientAuth, client_auth_middleware
 from mirror.config import Config, Secret
-from mirror.http.keys import CONFIG, METRICS, PULL_STATS, ROUTER, SERVICE, STATUS
+from mirror.http.keys import CONFIG, FILE_READS, METRICS, PULL_STATS, ROUTER, SERVICE, STATUS
 from mirror.http.limits import RateLimiter, rate_limit_middleware, server_handler_args
 from mirror.http.middlewares import errors_middleware
 from mirror.http.peer_routes import PEERS, add_peer_routes
@@ -33,6 +34,10 @@ from mirror.store.dirlock import CacheDirLock
 
 log = logging.getLogger("mirror.http.app")
 EVICTION_INTERVAL = 5.0
+# Each client served from the disk keeps up to two reads in flight (the window it sends and the
+# next): four threads keep a disk busy for two such clients, and more queue rather than hold up
+# anything else.
+FILE_READ_THREADS = 4
 USER_AGENT = "mirror/0.1 (pull-through cache)"
 
 
@@ -54,6 +59,8 @@ def create_app(config: Config, metrics: Metrics | None = None,
         return resolve_route(name, ns, aliases, config.default_upstream)
 
     app[ROUTER] = route
+    app[FILE_READS] = ThreadPoolExecutor(FILE_READ_THREADS, thread_name_prefix="mirror-read")
+    app.cleanup_ctx.append(_file_reads)
     _security(app, config, worker.token_key if worker is not None else None)
     app[PULL_STATS] = stats
     app.cleanup_ctx.append(stats.ctx)
@@ -68,6 +75,11 @@ def create_app(config: Config, metrics: Metrics | None = None,
     add_peer_routes(app)
     add_status_routes(app)
     return app
+
+
+async def _file_reads(app: web.Application) -> AsyncIterator[None]:
+    yield
+    app[FILE_READS].shutdown(wait=True)  # every response is done: nothing left running
 
 
 def _guards(config: Config, metrics: Metrics) -> list[Middleware]:

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import mmap
 import os
 from collections.abc import AsyncIterator
-from pathlib import Path
+from concurrent.futures import Executor
 from typing import IO, Any
 
 from aiohttp import web
 
 from mirror.fetch.coalesce import BlobFetch
 
+log = logging.getLogger("mirror.http.responses")
 MAPPED_CHUNK = 1 << 20  # bytes of a mapped file per transport write
 MAP_WINDOW = 2 << 20  # bytes of a file mapped at once (file pages mapped count into RSS)
 
@@ -27,9 +29,11 @@ class SendfileResponse(web.StreamResponse):
     feeds sendfile through a 64 KiB internal pipe. It also works on TLS transports, where
     sendfile cannot. sendfile remains the fallback for files that cannot be mapped."""
 
-    def __init__(self, fobj: IO[bytes], offset: int, count: int, **kwargs: Any) -> None:
+    def __init__(self, fobj: IO[bytes], offset: int, count: int,
+                 reads: Executor | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._fobj = fobj
+        self._reads = reads  # threads for PageIn (None: the loop's default executor)
         self._offset = offset
         self.content_length = count
 
@@ -57,12 +61,12 @@ class SendfileResponse(web.StreamResponse):
         fd = self._fobj.fileno()
         if os.fstat(fd).st_size < self._offset + count:
             return False
-        await write_file_range(request, self, fd, self._offset, count)
+        await write_file_range(request, self, fd, self._offset, count, self._reads)
         return True
 
 
 async def write_file_range(request: web.BaseRequest, resp: web.StreamResponse, fd: int,
-                           offset: int, count: int) -> None:
+                           offset: int, count: int, reads: Executor | None = None) -> None:
     """Write bytes [offset, offset+count) of a file that holds them to a prepared response.
 
     The file is mapped a window at a time (so the process never has more than a window of it
@@ -75,7 +79,8 @@ async def write_file_range(request: web.BaseRequest, resp: web.StreamResponse, f
     (bench/README.md). Such files are common: downloads are written O_DIRECT, past the page
     cache, and a hot tier larger than memory is read from the disk. So when a window is not
     in memory (`resident`), from there on a worker thread brings each window in (`PageIn`),
-    one ahead of the one being sent."""
+    one ahead of the one being sent, on `reads` (None: the loop's default executor). Three
+    pages stand for a window: one evicted in part may still fault in a page or two."""
     pos, end = offset, offset + count
     page_in: PageIn | None = None
     try:
@@ -83,7 +88,10 @@ async def write_file_range(request: web.BaseRequest, resp: web.StreamResponse, f
             start = pos - pos % mmap.ALLOCATIONGRANULARITY
             length = min(MAP_WINDOW, end - start)
             if page_in is None and not resident(fd, pos, start + length):
-                page_in = PageIn(fd, end)
+                try:
+                    page_in = PageIn(fd, end, reads)
+                except OSError as e:  # no descriptor left for /dev/null: mapped as before
+                    log.warning("could not read a file in off the event loop: %s", e)
             if page_in is not None:
                 await page_in.ready(pos, start + length)
             try:
@@ -132,9 +140,9 @@ class PageIn:
     last is sent: sendfile(2) to /dev/null reads the pages in without copying them anywhere
     (a read into a buffer would add a copy, and on two cores cost half the speed)."""
 
-    def __init__(self, fd: int, end: int) -> None:
+    def __init__(self, fd: int, end: int, reads: Executor | None = None) -> None:
         self._loop = asyncio.get_running_loop()
-        self._fd, self._end = fd, end
+        self._fd, self._end, self._reads = fd, end, reads
         self._null = os.open(os.devnull, os.O_WRONLY)
         self._ahead: tuple[int, asyncio.Future[None]] | None = None  # the next window's load
         self._running: set[asyncio.Future[None]] = set()
@@ -149,10 +157,19 @@ class PageIn:
         self._ahead = None
         if stop < self._end:
             self._ahead = (stop, self._load(stop, min(MAP_WINDOW, self._end - stop)))
-        await current
+        # Shielded: cancelling the sender must not cancel the future of a load that a thread
+        # still runs (close() then would not wait for it, and the file is closed next).
+        try:
+            await asyncio.shield(current)
+        except ConnectionError:
+            raise
+        except OSError as e:  # EIO and the like: the client's transfer is cut, never completed
+            log.error("a blob file could not be read from the disk: %s", e)
+            raise ConnectionAbortedError(f"the file could not be read: {e}") from e
 
     def _load(self, offset: int, count: int) -> asyncio.Future[None]:
-        fut = self._loop.run_in_executor(None, _page_in, self._null, self._fd, offset, count)
+        fut = self._loop.run_in_executor(self._reads, _page_in, self._null, self._fd, offset,
+                                         count)
         self._running.add(fut)
         fut.add_done_callback(self._done)
         return fut
@@ -214,20 +231,8 @@ async def _copy_range(request: web.BaseRequest, resp: web.StreamResponse, fd: in
         pos += len(chunk)
 
 
-def open_for_sendfile(path: Path) -> IO[bytes]:
-    """A verified file, opened for reading without access-time updates: the index keeps when a
-    blob was last served, and a file's first read after its write would otherwise dirty its
-    inode, which can wait for the file system's journal with the event loop waiting too."""
-    flags = os.O_RDONLY | getattr(os, "O_NOATIME", 0)
-    try:
-        fd = os.open(path, flags)
-    except PermissionError:  # O_NOATIME needs the file's owner (or CAP_FOWNER)
-        fd = os.open(path, os.O_RDONLY)
-    return open(fd, "rb")
-
-
 async def stream_fetch(request: web.Request, resp: web.StreamResponse, fetch: BlobFetch, fd: int,
-                       start: int, end: int) -> int:
+                       start: int, end: int, reads: Executor | None = None) -> int:
     """Send bytes [start, end] of a download in progress; returns bytes sent.
 
     A reader that keeps up is sent the bytes from memory as they come off the upstream's
@@ -241,7 +246,7 @@ async def stream_fetch(request: web.Request, resp: web.StreamResponse, fetch: Bl
         async for piece in fetch.pieces(start, end):
             if isinstance(piece, tuple):
                 offset, count = piece
-                await write_file_range(request, resp, fd, offset, count)
+                await write_file_range(request, resp, fd, offset, count, reads)
             else:
                 count = len(piece)
                 await resp.write(piece)  # waits for the client

@@ -11,10 +11,9 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from mirror.fetch.blobs import BlobHandle, CommittedFile, Download, Uncached
-from mirror.http.keys import METRICS, ROUTER, SERVICE
+from mirror.http.keys import FILE_READS, METRICS, ROUTER, SERVICE
 from mirror.http.responses import (
     SendfileResponse,
-    open_for_sendfile,
     stream_body,
     stream_fetch,
 )
@@ -31,6 +30,7 @@ from mirror.oci.errors import (
 from mirror.oci.models import Digest, Reference, parse_accept_lines, parse_range
 from mirror.oci.routing import Route
 from mirror.pull.service import PassThrough
+from mirror.store.disk import open_for_reading
 
 log = logging.getLogger("mirror.http.routes")
 PULL_METHODS = ("GET", "HEAD")
@@ -192,9 +192,9 @@ async def send_blob(request: web.Request, handle: BlobHandle, headers: dict[str,
     match body:
         case CommittedFile():
             # Opened already with server.workers > 1 (another worker may evict the path).
-            fobj, body.file = body.file or open_for_sendfile(body.path), None
-            resp: web.StreamResponse = SendfileResponse(fobj, start, count, status=status,
-                                                        headers=headers)
+            fobj, body.file = body.file or open_for_reading(body.path), None
+            resp: web.StreamResponse = SendfileResponse(
+                fobj, start, count, request.app.get(FILE_READS), status=status, headers=headers)
             await resp.prepare(request)
             sent = count
         case Download():
@@ -204,7 +204,8 @@ async def send_blob(request: web.Request, handle: BlobHandle, headers: dict[str,
             fd, body.fd = body.fd, None  # stream_fetch closes it
             t0 = time.monotonic()
             try:
-                sent = await stream_fetch(request, resp, body.fetch, fd, start, end)
+                sent = await stream_fetch(request, resp, body.fetch, fd, start, end,
+                                          request.app.get(FILE_READS))
             except MirrorError as e:
                 log.warning("cut blob %s for a client after %.1fs: %s", digest,
                             time.monotonic() - t0, e.message)

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from mirror.observe.metrics import Metrics
 from mirror.oci.errors import CacheConflict, VerificationError
@@ -340,3 +340,15 @@ def blob_path(blob_dir: Path, digest: Digest) -> Path:
 
 def is_disk_full(exc: BaseException) -> bool:
     return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+def open_for_reading(path: Path) -> IO[bytes]:
+    """A committed blob's file, opened to be served, without access-time updates: the index
+    keeps when a blob was last served, and the first read of a file after its write would
+    otherwise dirty its inode, which can wait for the file system's journal."""
+    flags = os.O_RDONLY | getattr(os, "O_NOATIME", 0)
+    try:
+        fd = os.open(path, flags)
+    except PermissionError:  # O_NOATIME needs the file's owner (or CAP_FOWNER)
+        fd = os.open(path, os.O_RDONLY)
+    return open(fd, "rb")

@@ -8,6 +8,7 @@ import asyncio
 import hashlib
 import mmap
 import os
+import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -17,6 +18,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from mirror.http import responses
 from mirror.http.responses import MAP_WINDOW, PageIn, resident, write_file_range
 
 SIZE = 5 * MAP_WINDOW + 12345  # windows and a tail
@@ -58,7 +60,14 @@ def blob(tmp_path: Path) -> tuple[Path, bytes]:
 
 
 @pytest.fixture
-async def serve(blob: tuple[Path, bytes]) -> AsyncIterator[Callable[[int, int], Any]]:
+def reads() -> CountingExecutor:
+    """The threads write_file_range is given for bringing files in (the app's FILE_READS)."""
+    return CountingExecutor()
+
+
+@pytest.fixture
+async def serve(blob: tuple[Path, bytes], reads: CountingExecutor
+                ) -> AsyncIterator[Callable[[int, int], Any]]:
     path, _ = blob
 
     async def handler(request: web.Request) -> web.StreamResponse:
@@ -68,7 +77,7 @@ async def serve(blob: tuple[Path, bytes]) -> AsyncIterator[Callable[[int, int], 
         await resp.prepare(request)
         fd = os.open(path, os.O_RDONLY)
         try:
-            await write_file_range(request, resp, fd, offset, count)
+            await write_file_range(request, resp, fd, offset, count, reads)
         finally:
             os.close(fd)
         await resp.write_eof()
@@ -108,35 +117,48 @@ def test_resident_tells_a_file_in_memory_from_one_on_the_disk(blob: tuple[Path, 
 @pytest.mark.parametrize(("offset", "count"), [(0, SIZE), (4097, SIZE - 4097 - 3),
                                                (MAP_WINDOW - 1, 2)])
 async def test_a_file_on_the_disk_is_sent_whole_and_read_in_by_worker_threads(
-        blob: tuple[Path, bytes], serve: Callable[[int, int], Any], offset: int,
-        count: int) -> None:
+        blob: tuple[Path, bytes], serve: Callable[[int, int], Any], reads: CountingExecutor,
+        offset: int, count: int) -> None:
+    """Read in on the threads it is given, not the default executor's (where downloads hash
+    and write)."""
     _, data = blob
-    executor = CountingExecutor()
-    asyncio.get_running_loop().set_default_executor(executor)
+    default = CountingExecutor()
+    asyncio.get_running_loop().set_default_executor(default)
     got = await serve(offset, count)
     assert hashlib.sha256(got).digest() == hashlib.sha256(data[offset:offset + count]).digest()
     windows = -(-(offset % mmap.ALLOCATIONGRANULARITY + count) // MAP_WINDOW)  # mapped ones
-    assert executor.jobs >= windows  # every window brought in off the loop
-    executor.jobs = 0
+    assert reads.jobs >= windows  # every window brought in off the loop
+    assert default.jobs == 0
+    reads.jobs = 0
     assert await serve(offset, count) == data[offset:offset + count]  # now in memory
-    assert executor.jobs == 0  # mapped and sent at once: no thread round trips
+    assert reads.jobs == 0  # mapped and sent at once: no thread round trips
 
 
 async def test_loads_are_waited_for_when_the_sender_is_cancelled(
-        blob: tuple[Path, bytes]) -> None:
-    """A client that goes away cancels the sender mid-window: the loads under way (this
-    window's and the next's) still finish before close() returns, since the caller closes the
-    file next."""
+        blob: tuple[Path, bytes], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A client that goes away (or a shutdown) cancels the sender mid-window: the loads under
+    way (this window's and the next's) still finish before close() returns, since the caller
+    closes the file next. Loads are slowed down so that they are surely still running."""
     path, _ = blob
+    real = responses._page_in
+    finished: list[int] = []
+
+    def slow(null: int, fd: int, offset: int, count: int) -> None:
+        time.sleep(0.6 if offset == 0 else 0.1)  # the window waited for outlasts the next
+        real(null, fd, offset, count)
+        finished.append(offset)
+
+    monkeypatch.setattr(responses, "_page_in", slow)
     fd = os.open(path, os.O_RDONLY)
     try:
         page_in = PageIn(fd, SIZE)
         task = asyncio.create_task(page_in.ready(0, MAP_WINDOW))
-        await asyncio.sleep(0)  # both loads handed to worker threads
+        await asyncio.sleep(0.05)  # both loads running on worker threads
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
+        assert finished == []  # still running when the sender is gone
         await page_in.close()
-        assert resident(fd, 0, 2 * MAP_WINDOW)
+        assert sorted(finished) == [0, MAP_WINDOW]
     finally:
         os.close(fd)
