@@ -76,8 +76,8 @@ class PeerClient:
             except (PeerFailed, aiohttp.ClientError, TimeoutError) as e:
                 self.metrics.peer_requests.labels("asked", "failed").inc()
                 # A broken body says how far it got; other client errors are named by type.
-                why = (str(e) if isinstance(e, (PeerFailed, aiohttp.ClientPayloadError, TimeoutError))
-                       else type(e).__name__)
+                said = isinstance(e, (PeerFailed, aiohttp.ClientPayloadError, TimeoutError))
+                why = (str(e) if said else "") or type(e).__name__
                 self.peers.mark_down(peer, why)
                 continue
             self.metrics.peer_requests.labels("asked", "ok").inc()

@@ -83,11 +83,13 @@ async def write_file_range(request: web.BaseRequest, resp: web.StreamResponse, f
     pages stand for a window: one evicted in part may still fault in a page or two."""
     pos, end = offset, offset + count
     page_in: PageIn | None = None
+    probing = True  # until a window was missing: from then on PageIn, or mapping as before
     try:
         while pos < end:
             start = pos - pos % mmap.ALLOCATIONGRANULARITY
             length = min(MAP_WINDOW, end - start)
-            if page_in is None and not resident(fd, pos, start + length):
+            if probing and not resident(fd, pos, start + length):
+                probing = False
                 try:
                     page_in = PageIn(fd, end, reads)
                 except OSError as e:  # no descriptor left for /dev/null: mapped as before
