@@ -66,7 +66,8 @@ class SendfileResponse(web.StreamResponse):
 
 
 async def write_file_range(request: web.BaseRequest, resp: web.StreamResponse, fd: int,
-                           offset: int, count: int, reads: Executor | None = None) -> None:
+                           offset: int, count: int, reads: Executor | None = None,
+                           page_in: bool = True) -> None:
     """Write bytes [offset, offset+count) of a file that holds them to a prepared response.
 
     The file is mapped a window at a time (so the process never has more than a window of it
@@ -80,10 +81,11 @@ async def write_file_range(request: web.BaseRequest, resp: web.StreamResponse, f
     cache, and a hot tier larger than memory is read from the disk. So when a window is not
     in memory (`resident`), from there on a worker thread brings each window in (`PageIn`),
     one ahead of the one being sent, on `reads` (None: the loop's default executor). Three
-    pages stand for a window: one evicted in part may still fault in a page or two."""
+    pages stand for a window: one evicted in part may still fault in a page or two.
+    `page_in=False` maps every window as it is (see stream_fetch)."""
     pos, end = offset, offset + count
-    page_in: PageIn | None = None
-    probing = True  # until a window was missing: from then on PageIn, or mapping as before
+    loader: PageIn | None = None
+    probing = page_in  # until a window was missing: from then on PageIn, or mapping as before
     try:
         while pos < end:
             start = pos - pos % mmap.ALLOCATIONGRANULARITY
@@ -91,11 +93,11 @@ async def write_file_range(request: web.BaseRequest, resp: web.StreamResponse, f
             if probing and not resident(fd, pos, start + length):
                 probing = False
                 try:
-                    page_in = PageIn(fd, end, reads)
+                    loader = PageIn(fd, end, reads)
                 except OSError as e:  # no descriptor left for /dev/null: mapped as before
                     log.warning("could not read a file in off the event loop: %s", e)
-            if page_in is not None:
-                await page_in.ready(pos, start + length)
+            if loader is not None:
+                await loader.ready(pos, start + length)
             try:
                 mapped = mmap.mmap(fd, length, prot=mmap.PROT_READ, offset=start)
             except (OSError, ValueError):  # a file system without mmap
@@ -114,8 +116,8 @@ async def write_file_range(request: web.BaseRequest, resp: web.StreamResponse, f
                 except BufferError:  # a slice still queued in the transport: closed when freed
                     pass
     finally:
-        if page_in is not None:
-            await page_in.close()
+        if loader is not None:
+            await loader.close()
 
 
 def resident(fd: int, start: int, end: int) -> bool:
@@ -234,7 +236,7 @@ async def _copy_range(request: web.BaseRequest, resp: web.StreamResponse, fd: in
 
 
 async def stream_fetch(request: web.Request, resp: web.StreamResponse, fetch: BlobFetch, fd: int,
-                       start: int, end: int, reads: Executor | None = None) -> int:
+                       start: int, end: int) -> int:
     """Send bytes [start, end] of a download in progress; returns bytes sent.
 
     A reader that keeps up is sent the bytes from memory as they come off the upstream's
@@ -248,7 +250,10 @@ async def stream_fetch(request: web.Request, resp: web.StreamResponse, fetch: Bl
         async for piece in fetch.pieces(start, end):
             if isinstance(piece, tuple):
                 offset, count = piece
-                await write_file_range(request, resp, fd, offset, count, reads)
+                # Mapped as it is, not read in by PageIn: its pieces are small and many, and
+                # in A/Bs of cold pulls (skopeo, a layer at a time) PageIn cost 0.1-0.2 CPU-s
+                # per pull (bench/README.md). The loop may wait for the disk here.
+                await write_file_range(request, resp, fd, offset, count, page_in=False)
             else:
                 count = len(piece)
                 await resp.write(piece)  # waits for the client

@@ -204,8 +204,7 @@ async def send_blob(request: web.Request, handle: BlobHandle, headers: dict[str,
             fd, body.fd = body.fd, None  # stream_fetch closes it
             t0 = time.monotonic()
             try:
-                sent = await stream_fetch(request, resp, body.fetch, fd, start, end,
-                                          request.app.get(FILE_READS))
+                sent = await stream_fetch(request, resp, body.fetch, fd, start, end)
             except MirrorError as e:
                 log.warning("cut blob %s for a client after %.1fs: %s", digest,
                             time.monotonic() - t0, e.message)
