@@ -48,6 +48,7 @@ import argparse
 import dataclasses
 import itertools
 import json
+import mmap
 import os
 import shutil
 import socket
@@ -238,17 +239,22 @@ class MemoryServer:
     sent from one 1 MiB buffer in memory, over and over (no file, no parsing beyond the request
     line). The buffer stays in the CPU cache, which no server sending a file's bytes has: what
     curl receives from it is more than any cache can deliver to one curl here. (Sends of 1 MiB
-    were the fastest of 64 KiB to 16 MiB on this machine; bench/README.md.)"""
+    were the fastest of 64 KiB to 16 MiB on this machine; bench/README.md.)
 
-    def __init__(self, size: int) -> None:
+    With `path`, the file ceiling instead: the same server sends that file's bytes (the
+    layer's, in the page cache) in 1 MiB slices of a mapping with blocking `sendall`, the
+    fastest of the ways a sender of a file's bytes was measured here (bench/README.md): what
+    one curl receives of this blob from a server that does nothing else."""
+
+    def __init__(self, size: int, path: Path | None = None) -> None:
         self.size = size
+        self.path = path
         self.sock = socket.create_server(("127.0.0.1", 0))
         self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}/"
         self.runs: list[float] = []  # MB/s
         threading.Thread(target=self._serve, daemon=True).start()
 
     def _serve(self) -> None:
-        buf = memoryview(bytes(MiB))
         while True:
             try:
                 conn, _ = self.sock.accept()
@@ -258,11 +264,25 @@ class MemoryServer:
                 conn.recv(65536)
                 conn.sendall(f"HTTP/1.1 200 OK\r\nContent-Length: {self.size}\r\n"
                              "Connection: close\r\n\r\n".encode())
-                left = self.size
-                while left:
-                    n = min(left, len(buf))
-                    conn.sendall(buf[:n])
-                    left -= n
+                if self.path is None:
+                    self._send_buffer(conn)
+                else:
+                    self._send_file(conn, self.path)
+
+    def _send_buffer(self, conn: socket.socket) -> None:
+        buf = memoryview(bytes(MiB))
+        left = self.size
+        while left:
+            n = min(left, len(buf))
+            conn.sendall(buf[:n])
+            left -= n
+
+    def _send_file(self, conn: socket.socket, path: Path) -> None:
+        with path.open("rb") as f, mmap.mmap(f.fileno(), self.size, prot=mmap.PROT_READ) as m, \
+                memoryview(m) as view:
+            for pos in range(0, self.size, MiB):
+                with view[pos:pos + MiB] as piece:
+                    conn.sendall(piece)
 
     def measure(self) -> None:
         status, n, secs = curl_time(self.url)
@@ -276,6 +296,24 @@ class MemoryServer:
 
     def close(self) -> None:
         self.sock.close()
+
+
+class Ceilings:
+    """The two client ceilings, measured together: from memory, and from the layer's file."""
+
+    def __init__(self, size: int, path: Path | None) -> None:
+        self.memory = MemoryServer(size)
+        self.file = MemoryServer(size, path) if path is not None else None
+
+    def measure(self) -> None:
+        self.memory.measure()
+        if self.file is not None:
+            self.file.measure()
+
+    def close(self) -> None:
+        self.memory.close()
+        if self.file is not None:
+            self.file.close()
 
 
 def measure_cold_blob(c: Running, image: PushedImage, upstream: RegistryProcess, r: Result) -> None:
@@ -463,7 +501,7 @@ def rotated(names: list[str], i: int) -> list[str]:
 
 
 def side_by_side(names: list[str], upstream: RegistryProcess, images: Images,
-                 args: argparse.Namespace, work: Path, ceiling: MemoryServer,
+                 args: argparse.Namespace, work: Path, ceiling: Ceilings,
                  direct: Direct, tls: tuple[RegistryProcess, Direct] | None) -> dict[str, Result]:
     """Every cache running at once, idle while another is measured; repeated measurements go
     round-robin (each round starting with the next cache), so a change in the machine's
@@ -529,7 +567,7 @@ def tls_blobs(names: list[str], images: Images, args: argparse.Namespace, work: 
 
 
 def blobs(names: list[str], running: dict[str, Running], images: Images,
-          args: argparse.Namespace, ceiling: MemoryServer, results: dict[str, Result],
+          args: argparse.Namespace, ceiling: Ceilings, results: dict[str, Result],
           direct: Direct, upstream: RegistryProcess) -> None:
     """Each large layer cold once through every cache and straight from the upstream, then
     the first one warm, round-robin, with the client ceiling measured in every round."""
@@ -547,8 +585,11 @@ def blobs(names: list[str], running: dict[str, Running], images: Images,
         ceiling.measure()
     print(f"   straight from the upstream (cold layers): {direct.median:.0f} MB/s "
           f"{[round(x) for x in direct.runs]}", flush=True)
-    print(f"   client ceiling (memory -> curl): {ceiling.median:.0f} MB/s "
-          f"{[round(x) for x in ceiling.runs]}", flush=True)
+    print(f"   client ceiling (memory -> curl): {ceiling.memory.median:.0f} MB/s "
+          f"{[round(x) for x in ceiling.memory.runs]}", flush=True)
+    if ceiling.file is not None:
+        print(f"   file ceiling (page-cached layer -> curl): {ceiling.file.median:.0f} MB/s "
+              f"{[round(x) for x in ceiling.file.runs]}", flush=True)
     for n in names:
         r = results[n]
         print(f"   {n}: blob cold {r.cold_blob:.0f} MB/s {[round(x) for x in r.cold_runs]}, "
@@ -606,7 +647,7 @@ def ratio(a: float, b: float) -> str:
 
 
 def report(results: dict[str, Result], images: Images, args: argparse.Namespace,
-           ceiling: MemoryServer, direct: Direct, tls_direct: Direct | None) -> str:
+           ceiling: Ceilings, direct: Direct, tls_direct: Direct | None) -> str:
     m, d, n = results.get("mirror"), results.get("distribution"), results.get("nginx")
     m1 = results.get("mirror1")
     herd_mib = sum(b.size for b in images.herds[0].blobs) / MiB if images.herds else 0.0
@@ -677,18 +718,26 @@ def report(results: dict[str, Result], images: Images, args: argparse.Namespace,
             f" MiB; herd image {herd_layers} layers, {herd_mib:.0f} MiB; mirror "
             f"server.workers: {args.workers}; ratios are mirror's advantage (>1 is better)")
     notes = [f"{r.cache}: {x}" for r in results.values() for x in r.notes]
-    if ceiling.runs:
-        notes.append(f"client ceiling: curl receives {ceiling.median:.0f} MB/s (median of "
-                     f"{len(ceiling.runs)}, best {max(ceiling.runs):.0f}) from a server "
+    mem, fil = ceiling.memory, ceiling.file
+    if mem.runs:
+        notes.append(f"client ceiling: curl receives {mem.median:.0f} MB/s (median of "
+                     f"{len(mem.runs)}, best {max(mem.runs):.0f}) from a server "
                      "sending one cache-hot 1 MiB buffer, no file involved")
+    if fil is not None and fil.runs:
+        notes.append(f"file ceiling: curl receives {fil.median:.0f} MB/s (median of "
+                     f"{len(fil.runs)}, best {max(fil.runs):.0f}) from a server that does "
+                     "nothing but send the page-cached layer (1 MiB slices of a mapping, "
+                     "blocking sendall)")
     if direct.runs:
         notes.append(f"direct: curl receives each cold layer straight from the upstream at "
                      f"{direct.median:.0f} MB/s (median of {len(direct.runs)}, "
                      f"{[round(x) for x in direct.runs]})")
-    if d is not None and m is not None and ceiling.runs:
+    if d is not None and m is not None and mem.runs:
+        share = (f", {m.warm_blob / fil.median:.0%} of the file ceiling"
+                 if fil is not None and fil.runs else "")
         notes.append(f"2x distribution's warm blob would be {2 * d.warm_blob:.0f} MB/s; mirror "
-                     f"serves {m.warm_blob:.0f} MB/s, {m.warm_blob / ceiling.median:.0%} of the "
-                     "client ceiling")
+                     f"serves {m.warm_blob:.0f} MB/s, {m.warm_blob / mem.median:.0%} of the "
+                     f"client ceiling{share}")
     for layout, how in PULL_NAMES.items():
         for r in results.values():
             f = r.pulls.get(layout)
@@ -738,7 +787,9 @@ def main() -> None:
         with RegistryProcess(log_level="error", root=work / "upstream") as upstream, \
                 ExitStack() as tls_stack:
             images = push_images(upstream.url, args)
-            ceiling = MemoryServer(images.big_layer[1] if images.bigs else MiB)
+            ceiling = Ceilings(images.big_layer[1] if images.bigs else MiB,
+                               upstream.blob_path(images.big_layer[0])
+                               if images.bigs else None)
             direct = Direct(upstream.url)
             tls = None
             if not args.no_tls and not args.pulls_only and images.bigs:
@@ -757,7 +808,9 @@ def main() -> None:
         print(report(results, images, args, ceiling, direct, tls[1] if tls else None))
         if args.json:
             raw = {k: dataclasses.asdict(v) for k, v in results.items()}
-            raw["client_ceiling_mb_s"] = ceiling.runs  # type: ignore[assignment]
+            raw["client_ceiling_mb_s"] = ceiling.memory.runs  # type: ignore[assignment]
+            if ceiling.file is not None:
+                raw["file_ceiling_mb_s"] = ceiling.file.runs  # type: ignore[assignment]
             raw["direct_cold_mb_s"] = direct.runs  # type: ignore[assignment]
             if tls is not None:
                 raw["direct_cold_https_mb_s"] = tls[1].runs  # type: ignore[assignment]

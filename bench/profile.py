@@ -44,6 +44,12 @@ def py_spy() -> str:
     return found
 
 
+def thread_seconds(pid: int, tid: int) -> float:
+    """CPU seconds one thread of `pid` has used."""
+    fields = Path(f"/proc/{pid}/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def summarize(raw: Path, top: int) -> str:
     """Self and total samples per function from py-spy's raw (collapsed stack) output."""
     selfs: collections.Counter[str] = collections.Counter()
@@ -192,8 +198,9 @@ def run_one(path: str, upstream: str, big: PushedImage, small: PushedImage,
         work_fn = {"cold": cold, "warm": warm, "herd": herd, "head": head}[path]
         raw = keep / f"{path}.txt"
         if args.no_spy:
-            cpu = cpu_seconds(pid)
-            figure = f"{work_fn()}; mirror used {cpu_seconds(pid) - cpu:.2f} CPU-s"
+            cpu, main = cpu_seconds(pid), thread_seconds(pid, pid)
+            figure = (f"{work_fn()}; mirror used {cpu_seconds(pid) - cpu:.2f} CPU-s, "
+                      f"{thread_seconds(pid, pid) - main:.2f} on the event loop's thread")
         else:
             figure = profiled(pid, raw, args.rate, work_fn)
         print(f"\n== {path}: {figure}  (mirror pid {pid}, load {os.getloadavg()[0]:.1f})")
