@@ -41,6 +41,9 @@ def mirror_config(upstreams: dict[str, str], cache_dir: Path, **extra: Any) -> d
     return cfg
 
 
+LOG_TAIL = 60  # lines of a mirror's log printed when the `with` block around it fails
+
+
 class MirrorProcess:
     def __init__(
         self, config: dict[str, Any], workdir: Path | None = None, env: dict[str, str] | None = None
@@ -124,8 +127,11 @@ class MirrorProcess:
     def __enter__(self) -> MirrorProcess:
         return self.start()
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
         self.stop()
+        if exc_type is not None:  # shown with the failure (pytest captures stdout)
+            tail = self.log_text().splitlines()[-LOG_TAIL:]
+            print(f"--- last {len(tail)} lines of {self.log_path} ---", *tail, sep="\n")
 
 
 class MirrorFleet:
