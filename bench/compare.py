@@ -234,7 +234,7 @@ class Direct:
         self.runs.append(cold_get(hostport, 0, image, upstream, scheme).mbs)
 
 
-class MemoryServer:
+class CeilingServer:
     """The client ceiling: an HTTP server on a thread that answers every GET with `size` bytes
     sent from one 1 MiB buffer in memory, over and over (no file, no parsing beyond the request
     line). The buffer stays in the CPU cache, which no server sending a file's bytes has: what
@@ -287,7 +287,8 @@ class MemoryServer:
     def measure(self) -> None:
         status, n, secs = curl_time(self.url)
         if (status, n) != (200, self.size):
-            raise SystemExit(f"memory server: {status} with {n} of {self.size} bytes")
+            what = "memory" if self.path is None else "file"
+            raise SystemExit(f"{what} ceiling server: {status} with {n} of {self.size} bytes")
         self.runs.append(self.size / secs / 1e6)
 
     @property
@@ -302,8 +303,8 @@ class Ceilings:
     """The two client ceilings, measured together: from memory, and from the layer's file."""
 
     def __init__(self, size: int, path: Path | None) -> None:
-        self.memory = MemoryServer(size)
-        self.file = MemoryServer(size, path) if path is not None else None
+        self.memory = CeilingServer(size)
+        self.file = CeilingServer(size, path) if path is not None else None
 
     def measure(self) -> None:
         self.memory.measure()

@@ -45,8 +45,12 @@ def py_spy() -> str:
 
 
 def thread_seconds(pid: int, tid: int) -> float:
-    """CPU seconds one thread of `pid` has used."""
-    fields = Path(f"/proc/{pid}/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()
+    """User + system CPU time of one thread of `pid` so far."""
+    return _stat_seconds(Path(f"/proc/{pid}/task/{tid}/stat"))
+
+
+def _stat_seconds(stat: Path) -> float:
+    fields = stat.read_text().rpartition(")")[2].split()  # past the name, which may hold spaces
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
@@ -91,8 +95,7 @@ def summarize(raw: Path, top: int) -> str:
 
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process and its threads so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return _stat_seconds(Path(f"/proc/{pid}/stat"))
 
 
 def profiled(pid: int, out: Path, rate: int, work: Callable[[], str]) -> str:
